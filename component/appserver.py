@@ -1,0 +1,261 @@
+"""XEP-0357 app server: registration commands and publish handling.
+
+Registration speaks the protocol Conversations-style clients already use
+(`register-push-fcm` / `unregister-push-fcm`, XEP-0050). A publish is answered only
+after the resulting outbox row is committed; error texts sent back are generic.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from slixmpp import JID, Iq
+from slixmpp.exceptions import XMPPError
+from slixmpp.plugins.xep_0004 import Form
+from slixmpp.xmlstream.handler import CoroutineCallback
+from slixmpp.xmlstream.matcher import StanzaPath
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import outbox, registrations
+from .committer import GroupCommitter
+from .config import Config
+from .events import OfflineMessage
+from .policy import Policy
+from .publish import PublishError, parse_publish
+from .redact import shorten
+from .registrations import NodeCache, TooManyRegistrations
+from .store import utcnow
+from .xmpp import Component
+
+log = logging.getLogger(__name__)
+
+REGISTER_NODE = "register-push-fcm"
+UNREGISTER_NODE = "unregister-push-fcm"
+MAX_TOKEN_CHARS = 4096
+MAX_ID_CHARS = 255
+
+
+class AppServer:
+    def __init__(
+        self,
+        xmpp: Component,
+        config: Config,
+        committer: GroupCommitter,
+        nodes: NodeCache,
+        policy: Policy,
+        on_enqueued: Callable[[], None],
+    ) -> None:
+        self.xmpp = xmpp
+        self._config = config
+        self._committer = committer
+        self._nodes = nodes
+        self._policy = policy
+        self._on_enqueued = on_enqueued
+        self._channel = config.registration_channel()
+        xmpp.register_handler(
+            CoroutineCallback(
+                "xep-0357 publish", StanzaPath("iq@type=set/pubsub/publish"), self.on_publish
+            )
+        )
+        # session_bind wipes ad-hoc commands: add them for every new stream.
+        xmpp.add_event_handler("session_start", self._add_commands)
+
+    def _add_commands(self, _event: object) -> None:
+        adhoc = self.xmpp["xep_0050"]
+        adhoc.add_command(node=REGISTER_NODE, name="Register FCM push", handler=self._register)
+        adhoc.add_command(
+            node=UNREGISTER_NODE, name="Unregister FCM push", handler=self._unregister
+        )
+
+    # -- registration ------------------------------------------------------------
+
+    def _register(self, iq: Iq, session: dict[str, Any]) -> dict[str, Any]:
+        return self._two_step(iq, session, self._register_submit, ["token", "device-id", "muc"])
+
+    def _unregister(self, iq: Iq, session: dict[str, Any]) -> dict[str, Any]:
+        return self._two_step(iq, session, self._unregister_submit, ["device-id", "muc"])
+
+    def _two_step(
+        self, iq: Iq, session: dict[str, Any], submit: Callable[..., Any], fields: list[str]
+    ) -> Any:
+        """Conversations submits the form with `execute`; other clients ask for it first."""
+        form = _submitted_form(session.get("payload"))
+        if form is not None:
+            return submit(form, session)
+        blank = Form()
+        blank["type"] = "form"
+        for var in fields:
+            blank.add_field(var=var, ftype="text-single", required=var != "muc")
+        session.update(payload=blank, next=submit, has_next=False)
+        return session
+
+    async def _register_submit(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+        account = _account_of(session["from"])
+        values = _values(_submitted_form(payload))
+        token = values.get("token", "").strip()
+        device = (values.get("device-id") or values.get("android-id") or "").strip()
+        muc = values.get("muc", "").strip()
+        if not token or not device:
+            raise XMPPError("bad-request", "token and device-id are required")
+        if len(token) > MAX_TOKEN_CHARS or len(device) > MAX_ID_CHARS or len(muc) > 3071:
+            raise XMPPError("not-acceptable", "field too long")
+        if muc:
+            try:
+                muc = JID(muc).bare
+            except Exception:
+                raise XMPPError("bad-request", "muc is not a JID") from None
+
+        async def work(db: AsyncSession) -> tuple[str, str]:
+            reg = await registrations.register(
+                db,
+                account=account,
+                device_id=device,
+                muc=muc,
+                token=token,
+                channel=self._channel,
+                max_per_account=self._config.registrations.max_per_account,
+            )
+            return reg.node, reg.secret
+
+        try:
+            node, secret = await self._committer.run(work)
+        except TooManyRegistrations:
+            log.warning("registration refused for %s: limit reached", account)
+            raise XMPPError("resource-constraint", "too many registrations", etype="wait") from None
+        except Exception:
+            log.exception("registration for %s could not be stored", account)
+            raise XMPPError("internal-server-error", "try again later", etype="wait") from None
+        self._nodes.invalidate(node)
+        log.info("registered %s device=%s token=%s", account, shorten(device), shorten(token))
+        result = Form()
+        result["type"] = "result"
+        result.add_field(var="jid", value=self._config.xmpp.jid)
+        result.add_field(var="node", value=node)
+        result.add_field(var="secret", value=secret)
+        session.update(payload=result, next=None, has_next=False)
+        return session
+
+    async def _unregister_submit(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+        account = _account_of(session["from"])
+        values = _values(_submitted_form(payload))
+        device = (values.get("device-id") or values.get("android-id") or "").strip()
+        muc = values.get("muc", "").strip() or None
+        if not device:
+            raise XMPPError("bad-request", "device-id is required")
+
+        async def work(db: AsyncSession) -> list[str]:
+            return await registrations.unregister(db, account=account, device_id=device, muc=muc)
+
+        try:
+            nodes = await self._committer.run(work)
+        except Exception:
+            log.exception("unregistration for %s failed", account)
+            raise XMPPError("internal-server-error", "try again later", etype="wait") from None
+        if not nodes:
+            raise XMPPError("item-not-found", "no such registration")
+        for node in nodes:
+            self._nodes.invalidate(node)
+        log.info("unregistered %s device=%s (%d node(s))", account, shorten(device), len(nodes))
+        session.update(payload=None, next=None, has_next=False)
+        return session
+
+    # -- publishes ---------------------------------------------------------------
+
+    async def on_publish(self, iq: Iq) -> None:
+        try:
+            publish = parse_publish(iq.xml)
+        except PublishError as exc:
+            raise XMPPError(exc.condition, exc.text) from None
+        node = await self._nodes.get(publish.node)
+        if node is None or node.disabled:
+            # Also for disabled nodes: ejabberd/Prosody then stop publishing to it.
+            raise XMPPError("item-not-found", "no such node", etype="cancel")
+        sender_domain = iq["from"]
+        if sender_domain.user or sender_domain.resource or sender_domain.domain != node.domain:
+            # Only the account's own server may wake its devices.
+            log.warning(
+                "refused publish to node %s from %s (registered by %s)",
+                shorten(publish.node),
+                sender_domain.full,
+                node.account,
+            )
+            raise XMPPError("forbidden", "not your node", etype="auth")
+        if publish.secret is None or not hmac.compare_digest(
+            publish.secret.encode(), node.secret.encode()
+        ):
+            log.warning("publish to node %s with a wrong or missing secret", shorten(publish.node))
+            raise XMPPError("not-authorized", "bad secret", etype="auth")
+        sender = _bare_or_none(publish.sender)
+        event = OfflineMessage(
+            account=node.account,
+            dedup_key=f"push:{node.registration_id}:{uuid.uuid4().hex}",
+            sender=sender,
+            body=publish.body,
+            message_count=publish.message_count,
+            registration_id=node.registration_id,
+        )
+        rows, skips = self._policy.decide(event, node.channel)
+
+        async def work(db: AsyncSession) -> list[int]:
+            ids = await outbox.enqueue(db, rows)
+            for skip in skips:
+                await outbox.log_entry(
+                    db,
+                    at=utcnow(),
+                    account=skip.account,
+                    channel=skip.channel,
+                    status="skipped",
+                    error=skip.reason,
+                )
+            return ids
+
+        try:
+            ids = await self._committer.run(work)
+        except Exception:
+            log.exception("could not queue the notification for %s", node.account)
+            # `wait`: the servers tolerate it and keep the registration alive.
+            raise XMPPError("internal-server-error", "try again later", etype="wait") from None
+        iq.reply().send()
+        if ids:
+            self._on_enqueued()
+        log.debug("publish for %s queued as outbox %s", node.account, ids)
+
+
+def _submitted_form(payload: Any) -> Form | None:
+    items = payload if isinstance(payload, list) else [payload]
+    for item in items:
+        if isinstance(item, Form) and item["type"] in ("submit", ""):
+            return item
+    return None
+
+
+def _values(form: Form | None) -> dict[str, str]:
+    if form is None:
+        return {}
+    out: dict[str, str] = {}
+    for var, field in form.get_fields().items():
+        value = field.get_value(convert=False)
+        # Hidden and multi-value fields come back as lists.
+        out[var] = value[0] if isinstance(value, list) and value else (value or "")
+        if not isinstance(out[var], str):
+            out[var] = str(out[var])
+    return out
+
+
+def _account_of(jid: JID) -> str:
+    if not jid.user:
+        raise XMPPError("forbidden", "only user accounts can register", etype="auth")
+    return jid.bare
+
+
+def _bare_or_none(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return JID(value).bare or None
+    except Exception:
+        return None

@@ -1,0 +1,242 @@
+"""The one YAML file: typed, strict, validated before anything starts.
+
+Unknown keys are errors (a typo must not silently disable a rule); every problem is
+reported with its key path and line, all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from .durations import Duration
+from .errors import ConfigError, ConfigProblem
+from .yamlsource import dotted, load_yaml
+
+DEFAULT_CONFIG_PATH = "ofnotify.yaml"
+CONFIG_ENV = "OFNOTIFY_CONFIG"
+
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*$"
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class XmppConfig(Strict):
+    jid: str = Field(description="The component's JID, a subdomain of the XMPP server")
+    host: str = "127.0.0.1"
+    port: int = Field(5275, ge=1, le=65535)
+    secret: SecretStr
+    keepalive_interval: Duration = 60.0
+    reconnect_max_delay: Duration = 60.0
+
+    @field_validator("jid")
+    @classmethod
+    def _bare_domain(cls, value: str) -> str:
+        if not _DOMAIN.match(value):
+            raise ValueError(
+                "must be a bare domain such as push.example.com (no user@, no /resource)"
+            )
+        return value.lower()
+
+
+class StorageConfig(Strict):
+    url: str = "sqlite:///ofnotify.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        return value
+
+
+class FcmChannelConfig(Strict):
+    type: Literal["fcm"]
+    project_id: str = Field(min_length=1)
+    service_account_file: FilePath
+    endpoint: str | None = Field(
+        None, description="Base URL replacing https://fcm.googleapis.com (emulator, proxy)"
+    )
+    timeout: Duration = 10.0
+    concurrency: int = Field(16, ge=1, le=256)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// base URL")
+        return value.rstrip("/") if value else value
+
+
+ChannelConfig = Annotated[FcmChannelConfig, Field(discriminator="type")]
+
+
+class RuleConfig(Strict):
+    event: Literal["offline_message"]
+    channel: str
+    delay: Duration = 0.0
+
+
+class PrivacyConfig(Strict):
+    include_sender: bool = True
+    include_body: bool = False
+
+
+class RegistrationsConfig(Strict):
+    # Which FCM channel `register-push-fcm` binds devices to; optional with one channel.
+    channel: str | None = None
+    # A flood from one account must not fill the database.
+    max_per_account: int = Field(20, ge=1, le=10_000)
+
+
+class DeliveryConfig(Strict):
+    max_attempts: int = Field(8, ge=1, le=100)
+    backoff_initial: Duration = 2.0
+    backoff_max: Duration = 600.0
+    # A claimed row whose sender died becomes due again after this long.
+    lease: Duration = 60.0
+    batch_size: int = Field(256, ge=1, le=10_000)
+
+
+class Config(Strict):
+    xmpp: XmppConfig
+    storage: StorageConfig = StorageConfig()
+    channels: dict[str, ChannelConfig] = Field(min_length=1)
+    rules: list[RuleConfig] = Field(min_length=1)
+    privacy: PrivacyConfig = PrivacyConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    registrations: RegistrationsConfig = RegistrationsConfig()
+
+    def fcm_channel_names(self) -> list[str]:
+        return [name for name, ch in self.channels.items() if ch.type == "fcm"]
+
+    def registration_channel(self) -> str:
+        """The FCM channel devices register for (validated at load, see below)."""
+        if self.registrations.channel:
+            return self.registrations.channel
+        names = self.fcm_channel_names()
+        return names[0] if names else ""
+
+
+def resolve_config_path(cli_value: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(cli_value or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def parse_config(
+    text: str, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    loaded = load_yaml(text, env)
+    if loaded.data is None:  # not YAML at all: nothing else can be checked
+        raise ConfigError(source, loaded.problems)
+    if not isinstance(loaded.data, dict):
+        raise ConfigError(source, [ConfigProblem("", "the file must be a mapping of sections", 1)])
+    # Report everything in one go: environment, schema and cross-references.
+    problems = list(loaded.problems)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(loaded.data)
+    except ValidationError as exc:
+        problems += _problems_from(exc, loaded.line_of)
+    problems += _unknown_channels(loaded.data, loaded.line_of)
+    if config is not None:
+        problems += _registration_channel_problems(config, loaded.line_of)
+    if problems or config is None:
+        problems.sort(key=lambda p: p.line or 0)
+        raise ConfigError(source, problems)
+    return config
+
+
+def _registration_channel_problems(config: Config, line_of: Any) -> list[ConfigProblem]:
+    fcm = config.fcm_channel_names()
+    wanted = config.registrations.channel
+    path: tuple[str | int, ...] = ("registrations", "channel")
+    if wanted is None and len(fcm) > 1:
+        message = f"several fcm channels ({', '.join(fcm)}): name the one devices register for"
+        return [ConfigProblem(dotted(path), message, line_of(path))]
+    if wanted is not None and wanted not in fcm:
+        message = f"{wanted!r} is not an fcm channel (fcm channels: {', '.join(fcm) or 'none'})"
+        return [ConfigProblem(dotted(path), message, line_of(path))]
+    return []
+
+
+def _unknown_channels(data: dict[str, Any], line_of: Any) -> list[ConfigProblem]:
+    channels = data.get("channels")
+    rules = data.get("rules")
+    if not isinstance(channels, dict) or not isinstance(rules, list):
+        return []
+    known = ", ".join(sorted(map(str, channels))) or "none"
+    problems = []
+    for index, rule in enumerate(rules):
+        name = rule.get("channel") if isinstance(rule, dict) else None
+        if isinstance(name, str) and name not in channels:
+            path = ("rules", index, "channel")
+            problems.append(
+                ConfigProblem(
+                    dotted(path), f"unknown channel {name!r} (configured: {known})", line_of(path)
+                )
+            )
+    return problems
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, str(path), env)
+
+
+def world_readable(path: Path) -> bool:
+    """Secrets live in this file (or its environment); others must not read it."""
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _problems_from(exc: ValidationError, line_of: Any) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        # Drop pydantic's discriminator tags (e.g. 'fcm') from the location.
+        loc = error["loc"]
+        if len(loc) > 2 and loc[0] == "channels" and loc[2] in _CHANNEL_TAGS:
+            loc = loc[:2] + loc[3:]
+        problems.append(ConfigProblem(dotted(loc), _friendly(error), line_of(loc)))
+    return problems
+
+
+_CHANNEL_TAGS = {"fcm"}
+
+
+def _friendly(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown channel type (expected one of: {', '.join(sorted(_CHANNEL_TAGS))})"
+    if kind == "union_tag_not_found":
+        return "a channel needs a `type`"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,271 @@
+"""Where notifications are sent: claims due outbox rows and hands them to notifiers.
+
+Every attempt ends in one transaction that updates the row and appends to the
+delivery log, so `ofnotify deliveries` always matches what happened. Retry state
+(attempts, next due time, failing-since) lives in the row: a restart resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from notifiers import Notification, Notifier, Outcome, SendResult
+
+from . import outbox, registrations
+from .committer import GroupCommitter
+from .config import DeliveryConfig
+from .redact import mask_email, shorten
+from .store import OutboxItem, OutboxStatus, Registration, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    shown: str  # what logs and the delivery log may show
+
+
+TargetResolver = Callable[[AsyncSession, OutboxItem], Awaitable["Target | str"]]
+
+
+def backoff(attempt: int, config: DeliveryConfig, retry_after: float | None) -> float:
+    """Exponential with full jitter on the upper half; never earlier than the server asked."""
+    ceiling = min(config.backoff_max, config.backoff_initial * 2 ** max(0, attempt - 1))
+    delay = ceiling * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        committer: GroupCommitter,
+        notifiers: dict[str, Notifier],
+        config: DeliveryConfig,
+        *,
+        on_registration_disabled: Callable[[], None] | None = None,
+        idle_poll: float = 1.0,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._committer = committer
+        self._notifiers = notifiers
+        self._config = config
+        self._on_disabled = on_registration_disabled or (lambda: None)
+        self._idle_poll = idle_poll
+        self._wakeup = asyncio.Event()
+        self._capacity = asyncio.Semaphore(config.batch_size)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Something became due now (a new row, a cancelled lease)."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            free = self._free_slots()
+            rows: list[OutboxItem] = []
+            if free:
+                try:
+                    rows = await self._claim(free)
+                except Exception:
+                    log.exception("claiming due notifications failed; retrying shortly")
+                    await asyncio.sleep(self._idle_poll)
+                    continue
+            for row in rows:
+                await self._capacity.acquire()
+                task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+            if len(rows) < free or not free:
+                await self._sleep_until_due()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let in-flight sends finish; rows still unsent return to the queue by lease."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                await self._release([int(t.get_name().split("-")[1]) for t in pending])
+
+    def _free_slots(self) -> int:
+        return self._config.batch_size - len(self._in_flight)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._capacity.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task crashed", exc_info=task.exception())
+
+    async def _claim(self, limit: int) -> list[OutboxItem]:
+        async with self._sessionmaker() as session, session.begin():
+            return await outbox.claim_due(session, limit, self._config.lease)
+
+    async def _sleep_until_due(self) -> None:
+        timeout = self._idle_poll
+        try:
+            async with self._sessionmaker() as session:
+                due = await outbox.next_due_at(session)
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
+        except Exception:
+            log.warning("could not read the next due time", exc_info=True)
+        self._wakeup.clear()
+        if timeout <= 0 and self._free_slots():
+            await asyncio.sleep(0.01)  # due rows are leased by someone else: don't spin
+            return
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout=max(timeout, 0.01))
+        except TimeoutError:
+            pass
+
+    async def _release(self, ids: list[int]) -> None:
+        async def work(session: AsyncSession) -> None:
+            from sqlalchemy import update
+
+            await session.execute(
+                update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=None)
+            )
+
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await work(session)
+        except Exception:
+            log.warning("could not release %d leases; they expire by themselves", len(ids))
+
+    async def _deliver(self, row: OutboxItem) -> None:
+        notifier = self._notifiers.get(row.channel)
+        if notifier is None:
+            await self._record(
+                row, SendResult.failed(f"channel {row.channel!r} not configured"), None, None
+            )
+            return
+        async with self._sessionmaker() as session:
+            target = await self._resolve(session, row)
+        if isinstance(target, str):  # nowhere to send: say why, once
+            await self._record(row, SendResult.failed(target), None, None, status="skipped")
+            return
+        notification = Notification(
+            outbox_id=row.id,
+            account=row.account,
+            target=target.address,
+            conversation=row.conversation,
+            message_count=int(row.payload.get("message_count", 1)),
+            sender=row.payload.get("sender"),
+            body=row.payload.get("body"),
+        )
+        started = time.monotonic()
+        try:
+            result = await notifier.send(notification)
+        except Exception as exc:  # notifiers must not raise; if one does, keep the row
+            log.exception("notifier %s raised for outbox %s", row.channel, row.id)
+            result = SendResult.retry(f"notifier error: {type(exc).__name__}")
+        latency_ms = (time.monotonic() - started) * 1000
+        await self._record(row, result, target, latency_ms)
+
+    async def _resolve(self, session: AsyncSession, row: OutboxItem) -> Target | str:
+        if row.registration_id is None:
+            return "no registration for this notification"
+        registration = await session.get(Registration, row.registration_id)
+        if registration is None:
+            return "registration was removed"
+        if registration.disabled_at is not None:
+            return f"registration disabled ({registration.disabled_reason})"
+        return Target(registration.token, f"{registration.channel}:{shorten(registration.token)}")
+
+    async def _record(
+        self,
+        row: OutboxItem,
+        result: SendResult,
+        target: Target | None,
+        latency_ms: float | None,
+        status: str | None = None,
+    ) -> None:
+        attempt = row.attempts + 1
+        now = utcnow()
+        values: dict[str, object] = {"attempts": attempt, "lease_until": None}
+        log_status = status or result.outcome.value
+        if result.outcome is Outcome.DELIVERED:
+            values.update(status=OutboxStatus.DELIVERED, finished_at=now, last_error=None)
+        elif result.outcome is Outcome.RETRY and attempt < self._config.max_attempts:
+            delay = backoff(attempt, self._config, result.retry_after)
+            values.update(
+                due_at=now + dt.timedelta(seconds=delay),
+                last_error=result.reason,
+                failing_since=row.failing_since or now,
+            )
+        else:
+            reason = result.reason
+            if result.outcome is Outcome.RETRY:
+                reason = f"gave up after {attempt} attempts: {reason}"
+                log_status = "failed"
+            values.update(status=OutboxStatus.FAILED, finished_at=now, last_error=reason)
+            result = SendResult(result.outcome, reason)
+
+        async def work(session: AsyncSession) -> None:
+            from sqlalchemy import update
+
+            await session.execute(
+                update(OutboxItem).where(OutboxItem.id == row.id).values(**values)
+            )
+            if result.outcome is Outcome.TARGET_INVALID and row.registration_id is not None:
+                await registrations.disable(session, row.registration_id, result.reason)
+            await outbox.log_entry(
+                session,
+                at=now,
+                outbox_id=row.id,
+                account=row.account,
+                channel=row.channel,
+                target=target.shown if target else "-",
+                status=log_status,
+                error=result.reason or None,
+                attempt=attempt,
+                latency_ms=latency_ms,
+            )
+
+        try:
+            await self._committer.run(work)
+        except Exception:
+            # The lease will expire and the row be tried again: at-least-once.
+            log.exception("could not record the outcome of outbox %s", row.id)
+            return
+        if result.outcome is Outcome.TARGET_INVALID:
+            self._on_disabled()
+        log.info(
+            "outbox=%s account=%s channel=%s attempt=%d → %s%s",
+            row.id,
+            mask_email(row.account),
+            row.channel,
+            attempt,
+            log_status,
+            f" ({result.reason})" if result.reason else "",
+        )
+        if "due_at" in values:
+            self.wake()
+
+
+async def pending_count(session: AsyncSession) -> int:
+    from sqlalchemy import func
+
+    stmt = (
+        select(func.count())
+        .select_from(OutboxItem)
+        .where(OutboxItem.status == OutboxStatus.PENDING)
+    )
+    return int((await session.execute(stmt)).scalar_one())

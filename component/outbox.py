@@ -1,0 +1,115 @@
+"""Durable queue of decided notifications: enqueue, claim due rows, record outcomes.
+
+Rows are claimed with a lease rather than a status change, so a process that dies
+mid-send loses nothing: the lease expires and the row is due again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, utcnow
+
+_COLUMNS = (
+    "dedup_key",
+    "event",
+    "account",
+    "channel",
+    "registration_id",
+    "conversation",
+    "payload",
+    "due_at",
+)
+
+
+async def enqueue(session: AsyncSession, rows: Sequence[OutboxItem]) -> list[int]:
+    """Insert rows; a row whose dedup_key exists already is silently dropped.
+
+    Returns the ids of the rows actually inserted.
+    """
+    ids: list[int] = []
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    for row in rows:
+        values: dict[str, Any] = {c: getattr(row, c) for c in _COLUMNS}
+        values.update(status=OutboxStatus.PENDING, created_at=now, attempts=0)
+        stmt = (
+            insert(OutboxItem)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedup_key"])
+            .returning(OutboxItem.id)
+        )
+        inserted = (await session.execute(stmt)).scalar_one_or_none()
+        if inserted is not None:
+            ids.append(inserted)
+    return ids
+
+
+async def claim_due(
+    session: AsyncSession, limit: int, lease: float, now: dt.datetime | None = None
+) -> list[OutboxItem]:
+    now = now or utcnow()
+    due = (
+        select(OutboxItem.id)
+        .where(
+            OutboxItem.status == OutboxStatus.PENDING,
+            OutboxItem.due_at <= now,
+            or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until < now),
+        )
+        .order_by(OutboxItem.due_at)
+        .limit(limit)
+        # Several ofnotify processes on one PostgreSQL never claim the same row;
+        # SQLite ignores this and serialises writers anyway.
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.execute(due)).scalars())
+    if not ids:
+        return []
+    until = now + dt.timedelta(seconds=lease)
+    await session.execute(
+        update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=until)
+    )
+    result = await session.execute(
+        select(OutboxItem).where(OutboxItem.id.in_(ids)).order_by(OutboxItem.due_at)
+    )
+    return list(result.scalars())
+
+
+async def next_due_at(session: AsyncSession) -> dt.datetime | None:
+    stmt = select(func.min(OutboxItem.due_at)).where(OutboxItem.status == OutboxStatus.PENDING)
+    value = (await session.execute(stmt)).scalar_one_or_none()
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+async def log_entry(session: AsyncSession, **fields: Any) -> None:
+    session.add(DeliveryLogEntry(**fields))
+
+
+async def requeue_failed(
+    session: AsyncSession, ids: Sequence[int] | None = None, account: str | None = None
+) -> int:
+    """Operator action: give failed rows a fresh set of attempts."""
+    stmt = update(OutboxItem).where(OutboxItem.status == OutboxStatus.FAILED)
+    if ids:
+        stmt = stmt.where(OutboxItem.id.in_(ids))
+    if account:
+        stmt = stmt.where(OutboxItem.account == account)
+    stmt = stmt.values(
+        status=OutboxStatus.PENDING,
+        attempts=0,
+        due_at=utcnow(),
+        lease_until=None,
+        failing_since=None,
+        finished_at=None,
+    )
+    result = await session.execute(stmt)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

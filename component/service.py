@@ -1,0 +1,125 @@
+"""`ofnotify run`: wires sources, policy, outbox, dispatcher and notifiers; owns lifecycle.
+
+Background tasks are kept and cancelled on shutdown; the first one to die takes the
+service down with a distinct exit code rather than leaving a half-working process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifiers import Notifier, create_notifier
+
+from .appserver import AppServer
+from .committer import GroupCommitter
+from .config import Config
+from .dispatcher import Dispatcher
+from .errors import ComponentAuthError
+from .policy import Policy
+from .registrations import NodeCache
+from .store import create_schema, make_engine, make_sessionmaker
+from .xmpp import Component, ComponentConnection
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_CONFIG = 2
+EXIT_AUTH = 3
+
+SHUTDOWN_GRACE = 10.0
+
+
+async def prepare_database(engine: AsyncEngine, max_delay: float = 30.0) -> None:
+    """The database may start after us (compose, reboots): wait for it, loudly."""
+    delay = 1.0
+    while True:
+        try:
+            await create_schema(engine)
+            return
+        except (OSError, ConnectionError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # driver-specific "cannot connect" errors
+            if "connect" not in str(exc).lower():
+                raise
+            reason = type(exc).__name__
+        log.warning("database not reachable (%s); retrying in %.0fs", reason, delay)
+        await asyncio.sleep(delay)
+        delay = min(max_delay, delay * 2)
+
+
+@dataclass
+class Service:
+    config: Config
+    notifiers: dict[str, Notifier] = field(default_factory=dict)
+    connection: ComponentConnection | None = None
+    dispatcher: Dispatcher | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        config = self.config
+        engine = make_engine(config.storage.url)
+        await prepare_database(engine)
+        sessionmaker = make_sessionmaker(engine)
+        committer = GroupCommitter(sessionmaker)
+        committer.start()
+        for name, channel in config.channels.items():
+            self.notifiers[name] = await create_notifier(name, channel)
+        nodes = NodeCache(sessionmaker)
+        self.dispatcher = dispatcher = Dispatcher(
+            sessionmaker,
+            committer,
+            self.notifiers,
+            config.delivery,
+            on_registration_disabled=nodes.invalidate,
+        )
+        xmpp = Component(config.xmpp)
+        self.connection = connection = ComponentConnection(xmpp, config.xmpp)
+        AppServer(xmpp, config, committer, nodes, Policy(config), on_enqueued=dispatcher.wake)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+        tasks = {
+            asyncio.create_task(connection.run(), name="xmpp"),
+            asyncio.create_task(dispatcher.run(), name="dispatcher"),
+        }
+        stop = asyncio.create_task(self._stop.wait(), name="stop")
+        code = EXIT_OK
+        try:
+            done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stop}:
+                exc = task.exception()
+                if isinstance(exc, ComponentAuthError):
+                    log.critical("%s", exc)
+                    code = EXIT_AUTH
+                elif exc is not None:
+                    log.critical("%s failed", task.get_name(), exc_info=exc)
+                    code = EXIT_CRASH
+                else:
+                    log.critical("%s stopped unexpectedly", task.get_name())
+                    code = EXIT_CRASH
+        finally:
+            log.info("shutting down")
+            stop.cancel()
+            await connection.stop()
+            await dispatcher.stop(SHUTDOWN_GRACE)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await committer.stop()
+            for notifier in self.notifiers.values():
+                await notifier.close()
+            await engine.dispose()
+        return code
