@@ -10,6 +10,7 @@ its own transaction so one bad row cannot sink its neighbours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -41,10 +42,8 @@ class GroupCommitter:
             return
         await self._queue.join()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._task = None
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -8,6 +8,7 @@ delivery log, so `ofnotify deliveries` always matches what happened. Retry state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -130,10 +131,8 @@ class Dispatcher:
         if timeout <= 0 and self._free_slots():
             await asyncio.sleep(0.01)  # due rows are leased by someone else: don't spin
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(timeout, 0.01))
-        except TimeoutError:
-            pass
 
     async def _release(self, ids: list[int]) -> None:
         async def work(session: AsyncSession) -> None:

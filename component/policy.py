@@ -1,4 +1,4 @@
-"""Where a notification is decided: event × rules → outbox rows.
+"""Where a notification is decided: event + rules → outbox rows.
 
 Rules are matched in order; every matching rule produces one row for its channel.
 Privacy is applied here, so what the operator did not allow is never stored.

@@ -65,7 +65,7 @@ class Base(DeclarativeBase):
 
 
 class Registration(Base):
-    """One device (or one device × MUC) of one account, registered for push."""
+    """One device (or one device and MUC) of one account, registered for push."""
 
     __tablename__ = "registrations"
     __table_args__ = (UniqueConstraint("account", "device_id", "muc"),)
@@ -142,7 +142,7 @@ class DeliveryLogEntry(Base):
 
 def async_url(url: str) -> str:
     """Accept the URLs operators write and pick the async driver for them."""
-    scheme, sep, rest = url.partition("://")
+    scheme, _sep, rest = url.partition("://")
     if scheme == "sqlite":
         return f"sqlite+aiosqlite://{rest}"
     if scheme in ("postgresql", "postgres"):

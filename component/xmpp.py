@@ -9,6 +9,7 @@ server rejects the secret (looping would only fill the server's logs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class ComponentConnection:
         self._session_started = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self.connected = False
         xmpp.add_event_handler("session_start", self._on_session_start)
         xmpp.add_event_handler("disconnected", self._on_disconnected)
@@ -126,18 +128,12 @@ class ComponentConnection:
             failures += 1
             delay = self._backoff(failures)
             log.info("reconnecting in %.1fs (attempt %d)", delay, failures)
-            try:
-                await asyncio.wait_for(self._stop_requested(), timeout=delay)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self._config.reconnect_max_delay, self._initial_backoff * 2 ** (failures - 1))
         return random.uniform(ceiling / 2, ceiling)
-
-    async def _stop_requested(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(0.2)
 
     async def _first_of(self, started: asyncio.Event, ended: asyncio.Event) -> bool:
         waits = {
@@ -173,6 +169,7 @@ class ComponentConnection:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stop_event.set()
         if self.connected:
             await self.xmpp.disconnect(wait=2.0)
         else:
