@@ -87,7 +87,32 @@ class FcmChannelConfig(Strict):
         return value.rstrip("/") if value else value
 
 
-ChannelConfig = Annotated[FcmChannelConfig, Field(discriminator="type")]
+class EmailChannelConfig(Strict):
+    type: Literal["email"]
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(description='From header, e.g. "Chat <chat@example.com>"')
+    timeout: Duration = 30.0
+    # Directory whose files override the shipped templates (same names).
+    templates: Path | None = None
+    default_locale: Literal["en", "ko"] = "en"
+    # Link shown in the mail ("open the chat"); optional.
+    app_url: str | None = None
+
+    @field_validator("sender")
+    @classmethod
+    def _one_address(cls, value: str) -> str:
+        from email.utils import parseaddr
+
+        if "\r" in value or "\n" in value or "@" not in parseaddr(value)[1]:
+            raise ValueError('must be one address, e.g. "Chat <chat@example.com>"')
+        return value
+
+
+ChannelConfig = Annotated[FcmChannelConfig | EmailChannelConfig, Field(discriminator="type")]
 
 
 class RuleConfig(Strict):
@@ -225,7 +250,7 @@ def _problems_from(exc: ValidationError, line_of: Any) -> list[ConfigProblem]:
     return problems
 
 
-_CHANNEL_TAGS = {"fcm"}
+_CHANNEL_TAGS = {"fcm", "email"}
 
 
 def _friendly(error: Any) -> str:

@@ -8,6 +8,7 @@ notification at a time. It never raises for delivery problems: it returns a
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -44,6 +45,17 @@ class SendResult:
 
 
 @dataclass(frozen=True)
+class MissedMessage:
+    """One message in a digest. `body` is None when privacy hides it or it is encrypted."""
+
+    sender: str  # bare JID
+    sender_name: str | None = None
+    body: str | None = None
+    encrypted: bool = False
+    sent_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class Notification:
     """What a channel needs to tell one person about missed messages.
 
@@ -59,6 +71,10 @@ class Notification:
     unread_count: int | None = None
     sender: str | None = None
     body: str | None = None
+    # Digest channels (email) get every unread message and who it is for.
+    messages: tuple[MissedMessage, ...] = ()
+    recipient_name: str | None = None
+    locale: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
