@@ -20,15 +20,15 @@ from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import StanzaPath
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import outbox, registrations
+from . import registrations
 from .committer import GroupCommitter
 from .config import Config
 from .events import OfflineMessage
-from .policy import Policy
+from .ingest import Ingest
 from .publish import PublishError, parse_publish
 from .redact import shorten
 from .registrations import NodeCache, TooManyRegistrations
-from .store import utcnow
+from .stanzas import StanzaError, parse_element
 from .xmpp import Component
 
 log = logging.getLogger(__name__)
@@ -46,20 +46,21 @@ class AppServer:
         config: Config,
         committer: GroupCommitter,
         nodes: NodeCache,
-        policy: Policy,
-        on_enqueued: Callable[[], None],
+        ingest: Ingest,
     ) -> None:
         self.xmpp = xmpp
         self._config = config
         self._committer = committer
         self._nodes = nodes
-        self._policy = policy
-        self._on_enqueued = on_enqueued
+        self._ingest = ingest
         self._channel = config.registration_channel()
         xmpp.register_handler(
             CoroutineCallback(
                 "xep-0357 publish", StanzaPath("iq@type=set/pubsub/publish"), self.on_publish
             )
+        )
+        xmpp.register_handler(
+            CoroutineCallback("xep-0333 marker", StanzaPath("message"), self.on_message)
         )
         # session_bind wipes ad-hoc commands: add them for every new stream.
         xmpp.add_event_handler("session_start", self._add_commands)
@@ -197,32 +198,32 @@ class AppServer:
             body=publish.body,
             message_count=publish.message_count,
             registration_id=node.registration_id,
+            source="xep0357",
         )
-        rows, skips = self._policy.decide(event, node.channel)
-
-        async def work(db: AsyncSession) -> list[int]:
-            ids = await outbox.enqueue(db, rows)
-            for skip in skips:
-                await outbox.log_entry(
-                    db,
-                    at=utcnow(),
-                    account=skip.account,
-                    channel=skip.channel,
-                    status="skipped",
-                    error=skip.reason,
-                )
-            return ids
-
         try:
-            ids = await self._committer.run(work)
+            ids = await self._ingest.publish(event, node.channel)
         except Exception:
             log.exception("could not queue the notification for %s", node.account)
             # `wait`: the servers tolerate it and keep the registration alive.
             raise XMPPError("internal-server-error", "try again later", etype="wait") from None
         iq.reply().send()
-        if ids:
-            self._on_enqueued()
         log.debug("publish for %s queued as outbox %s", node.account, ids)
+
+    async def on_message(self, msg: Any) -> None:
+        """A client may tell us directly what it displayed (XEP-0333)."""
+        if msg["type"] == "error" or not msg["from"].user:
+            return
+        try:
+            parsed = parse_element(msg.xml)
+        except StanzaError:
+            log.info("ignored a malformed message from %s", msg["from"].bare)
+            return
+        if parsed.marker is None or parsed.marker.kind not in ("displayed", "acknowledged"):
+            return
+        try:
+            await self._ingest.marker(msg["from"].bare, parsed.marker.id)
+        except Exception:
+            log.warning("could not apply a marker from %s", msg["from"].bare, exc_info=True)
 
 
 def _submitted_form(payload: Any) -> Form | None:

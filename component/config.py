@@ -118,7 +118,40 @@ ChannelConfig = Annotated[FcmChannelConfig | EmailChannelConfig, Field(discrimin
 class RuleConfig(Strict):
     event: Literal["offline_message"]
     channel: str
+    # Wait this long; send only what is still unread then.
     delay: Duration = 0.0
+    # One notification for everything unread (grouped by sender) instead of one each.
+    digest: bool = False
+    # At most one notification per person on this channel per interval.
+    min_interval: Duration = 0.0
+    # Drop the pending notification once the messages were delivered or displayed.
+    cancel_on_read: bool = True
+
+
+class OpenfireConfig(Strict):
+    database_url: str
+    domain: str
+    poll_interval: Duration = 1.0
+    # Openfire's push plugin also publishes for users who are online (and again for
+    # each offline message flushed at login); skip those when ofPresence says online.
+    suppress_when_online: bool = True
+    # A watcher push waits this long for the XEP-0357 publish of the same message, so
+    # that the person gets one push, not two.
+    push_grace: Duration = 3.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if not scheme.startswith(("postgresql", "mysql", "mariadb", "sqlite")):
+            raise ValueError("use a postgresql://, mysql:// or mariadb:// URL")
+        return value
+
+
+class AccountConfig(Strict):
+    email: str | None = None
+    name: str | None = None
+    locale: Literal["en", "ko"] | None = None
 
 
 class PrivacyConfig(Strict):
@@ -150,6 +183,9 @@ class Config(Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     registrations: RegistrationsConfig = RegistrationsConfig()
+    openfire: OpenfireConfig | None = None
+    # Per-account overrides, keyed by bare JID.
+    accounts: dict[str, AccountConfig] = Field(default_factory=dict)
 
     def fcm_channel_names(self) -> list[str]:
         return [name for name, ch in self.channels.items() if ch.type == "fcm"]

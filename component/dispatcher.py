@@ -13,30 +13,20 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from notifiers import Notification, Notifier, Outcome, SendResult
+from notifiers import Notifier, Outcome, SendResult
 
 from . import outbox, registrations
 from .committer import GroupCommitter
+from .compose import Composer, Drop, Ready, finish_digest
 from .config import DeliveryConfig
-from .redact import mask_email, shorten
-from .store import OutboxItem, OutboxStatus, Registration, utcnow
+from .store import OutboxItem, OutboxStatus, utcnow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Target:
-    address: str
-    shown: str  # what logs and the delivery log may show
-
-
-TargetResolver = Callable[[AsyncSession, OutboxItem], Awaitable["Target | str"]]
 
 
 def backoff(attempt: int, config: DeliveryConfig, retry_after: float | None) -> float:
@@ -55,6 +45,7 @@ class Dispatcher:
         committer: GroupCommitter,
         notifiers: dict[str, Notifier],
         config: DeliveryConfig,
+        composer: Composer,
         *,
         on_registration_disabled: Callable[[], None] | None = None,
         idle_poll: float = 1.0,
@@ -63,6 +54,7 @@ class Dispatcher:
         self._committer = committer
         self._notifiers = notifiers
         self._config = config
+        self._composer = composer
         self._on_disabled = on_registration_disabled or (lambda: None)
         self._idle_poll = idle_poll
         self._wakeup = asyncio.Event()
@@ -135,105 +127,94 @@ class Dispatcher:
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(timeout, 0.01))
 
     async def _release(self, ids: list[int]) -> None:
-        async def work(session: AsyncSession) -> None:
-            from sqlalchemy import update
-
-            await session.execute(
-                update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=None)
-            )
-
         try:
             async with self._sessionmaker() as session, session.begin():
-                await work(session)
+                await session.execute(
+                    update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=None)
+                )
         except Exception:
             log.warning("could not release %d leases; they expire by themselves", len(ids))
 
     async def _deliver(self, row: OutboxItem) -> None:
         notifier = self._notifiers.get(row.channel)
         if notifier is None:
-            await self._record(
-                row, SendResult.failed(f"channel {row.channel!r} not configured"), None, None
-            )
+            await self._record(row, SendResult.failed(f"channel {row.channel!r} not configured"))
             return
-        async with self._sessionmaker() as session:
-            target = await self._resolve(session, row)
-        if isinstance(target, str):  # nowhere to send: say why, once
-            await self._record(row, SendResult.failed(target), None, None, status="skipped")
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                composed = await self._composer.compose(session, row)
+        except Exception as exc:
+            log.warning("outbox=%s could not be prepared; will retry", row.id, exc_info=True)
+            await self._record(row, SendResult.retry(f"preparing failed: {type(exc).__name__}"))
             return
-        notification = Notification(
-            outbox_id=row.id,
-            account=row.account,
-            target=target.address,
-            conversation=row.conversation,
-            message_count=int(row.payload.get("message_count", 1)),
-            sender=row.payload.get("sender"),
-            body=row.payload.get("body"),
-        )
+        if isinstance(composed, Drop):
+            await self._record(row, None, drop=composed)
+            return
         started = time.monotonic()
         try:
-            result = await notifier.send(notification)
+            result = await notifier.send(composed.notification)
         except Exception as exc:  # notifiers must not raise; if one does, keep the row
             log.exception("notifier %s raised for outbox %s", row.channel, row.id)
             result = SendResult.retry(f"notifier error: {type(exc).__name__}")
         latency_ms = (time.monotonic() - started) * 1000
-        await self._record(row, result, target, latency_ms)
-
-    async def _resolve(self, session: AsyncSession, row: OutboxItem) -> Target | str:
-        if row.registration_id is None:
-            return "no registration for this notification"
-        registration = await session.get(Registration, row.registration_id)
-        if registration is None:
-            return "registration was removed"
-        if registration.disabled_at is not None:
-            return f"registration disabled ({registration.disabled_reason})"
-        return Target(registration.token, f"{registration.channel}:{shorten(registration.token)}")
+        await self._record(row, result, ready=composed, latency_ms=latency_ms)
 
     async def _record(
         self,
         row: OutboxItem,
-        result: SendResult,
-        target: Target | None,
-        latency_ms: float | None,
-        status: str | None = None,
+        result: SendResult | None,
+        *,
+        ready: Ready | None = None,
+        drop: Drop | None = None,
+        latency_ms: float | None = None,
     ) -> None:
-        attempt = row.attempts + 1
+        attempt = row.attempts + (0 if drop else 1)
         now = utcnow()
         values: dict[str, object] = {"attempts": attempt, "lease_until": None}
-        log_status = status or result.outcome.value
-        if result.outcome is Outcome.DELIVERED:
-            values.update(status=OutboxStatus.DELIVERED, finished_at=now, last_error=None)
-        elif result.outcome is Outcome.RETRY and attempt < self._config.max_attempts:
-            delay = backoff(attempt, self._config, result.retry_after)
-            values.update(
-                due_at=now + dt.timedelta(seconds=delay),
-                last_error=result.reason,
-                failing_since=row.failing_since or now,
-            )
+        if drop is not None:
+            status, reason = drop.status, drop.reason
+            final = OutboxStatus.CANCELLED if drop.status == "cancelled" else OutboxStatus.FAILED
+            values.update(status=final, finished_at=now, last_error=reason)
         else:
-            reason = result.reason
-            if result.outcome is Outcome.RETRY:
-                reason = f"gave up after {attempt} attempts: {reason}"
-                log_status = "failed"
-            values.update(status=OutboxStatus.FAILED, finished_at=now, last_error=reason)
-            result = SendResult(result.outcome, reason)
+            assert result is not None
+            status, reason = result.outcome.value, result.reason
+            if result.outcome is Outcome.DELIVERED:
+                values.update(status=OutboxStatus.DELIVERED, finished_at=now, last_error=None)
+            elif result.outcome is Outcome.RETRY and attempt < self._config.max_attempts:
+                delay = backoff(attempt, self._config, result.retry_after)
+                values.update(
+                    due_at=now + dt.timedelta(seconds=delay),
+                    last_error=reason,
+                    failing_since=row.failing_since or now,
+                )
+            else:
+                if result.outcome is Outcome.RETRY:
+                    reason = f"gave up after {attempt} attempts: {reason}"
+                    status = "failed"
+                values.update(status=OutboxStatus.FAILED, finished_at=now, last_error=reason)
+        finished = values.get("status")
+        disable = result is not None and result.outcome is Outcome.TARGET_INVALID
 
         async def work(session: AsyncSession) -> None:
-            from sqlalchemy import update
-
             await session.execute(
                 update(OutboxItem).where(OutboxItem.id == row.id).values(**values)
             )
-            if result.outcome is Outcome.TARGET_INVALID and row.registration_id is not None:
-                await registrations.disable(session, row.registration_id, result.reason)
+            if disable and row.registration_id is not None:
+                await registrations.disable(session, row.registration_id, reason)
+            if finished == OutboxStatus.DELIVERED and ready and ready.after_delivery:
+                await ready.after_delivery(session)
+            if finished is not None:
+                moot = finished in (OutboxStatus.DELIVERED, OutboxStatus.CANCELLED)
+                await finish_digest(session, row, moot)
             await outbox.log_entry(
                 session,
                 at=now,
                 outbox_id=row.id,
                 account=row.account,
                 channel=row.channel,
-                target=target.shown if target else "-",
-                status=log_status,
-                error=result.reason or None,
+                target=ready.shown_target if ready else "-",
+                status=status,
+                error=reason or None,
                 attempt=attempt,
                 latency_ms=latency_ms,
             )
@@ -244,24 +225,20 @@ class Dispatcher:
             # The lease will expire and the row be tried again: at-least-once.
             log.exception("could not record the outcome of outbox %s", row.id)
             return
-        if result.outcome is Outcome.TARGET_INVALID:
+        if disable:
             self._on_disabled()
         log.info(
             "outbox=%s account=%s channel=%s attempt=%d → %s%s",
             row.id,
-            mask_email(row.account),
+            row.account,
             row.channel,
             attempt,
-            log_status,
-            f" ({result.reason})" if result.reason else "",
+            status,
+            f" ({reason})" if reason else "",
         )
-        if "due_at" in values:
-            self.wake()
 
 
 async def pending_count(session: AsyncSession) -> int:
-    from sqlalchemy import func
-
     stmt = (
         select(func.count())
         .select_from(OutboxItem)

@@ -9,20 +9,21 @@ from dataclasses import dataclass
 class OfflineMessage:
     """A message reached `account` while no client of theirs could show it.
 
-    `registration_id` is set when the source is an XEP-0357 publish for one device;
-    otherwise every device/address of the account is a candidate.
+    From an XEP-0357 publish, `registration_id` names the one device to wake; from
+    the Openfire watcher, `missed_message_id` names the stored message and every
+    device and address of the account is a candidate.
     """
 
     account: str  # bare JID of the recipient
     dedup_key: str  # the same message seen twice must produce the same key
+    source: str  # "xep0357" | "watcher"
     sender: str | None = None  # bare JID, if the source knows it
     body: str | None = None
     message_count: int = 1
     registration_id: int | None = None
-    source: str = "xep0357"
+    missed_message_id: int | None = None
+    event: str = "offline_message"
 
     @property
     def conversation(self) -> str:
         return self.sender or ""
-
-    event: str = "offline_message"

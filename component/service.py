@@ -18,12 +18,15 @@ from notifiers import Notifier, create_notifier
 
 from .appserver import AppServer
 from .committer import GroupCommitter
+from .compose import Composer
 from .config import Config
 from .dispatcher import Dispatcher
 from .errors import ComponentAuthError
+from .ingest import Ingest
 from .policy import Policy
 from .registrations import NodeCache
 from .store import create_schema, make_engine, make_sessionmaker
+from .watcher import Watcher
 from .xmpp import Component, ComponentConnection
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Service:
     notifiers: dict[str, Notifier] = field(default_factory=dict)
     connection: ComponentConnection | None = None
     dispatcher: Dispatcher | None = None
+    watcher: Watcher | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_stop(self) -> None:
@@ -74,17 +78,27 @@ class Service:
         committer.start()
         for name, channel in config.channels.items():
             self.notifiers[name] = await create_notifier(name, channel)
+        openfire_engine = (
+            make_engine(config.openfire.database_url) if config.openfire is not None else None
+        )
         nodes = NodeCache(sessionmaker)
         self.dispatcher = dispatcher = Dispatcher(
             sessionmaker,
             committer,
             self.notifiers,
             config.delivery,
+            Composer(config, openfire_engine),
             on_registration_disabled=nodes.invalidate,
+        )
+        ingest = Ingest(
+            committer,
+            Policy(config),
+            dispatcher.wake,
+            include_body=config.privacy.include_body,
         )
         xmpp = Component(config.xmpp)
         self.connection = connection = ComponentConnection(xmpp, config.xmpp)
-        AppServer(xmpp, config, committer, nodes, Policy(config), on_enqueued=dispatcher.wake)
+        AppServer(xmpp, config, committer, nodes, ingest)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,6 +109,9 @@ class Service:
             asyncio.create_task(connection.run(), name="xmpp"),
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
         }
+        if config.openfire is not None and openfire_engine is not None:
+            self.watcher = Watcher(config.openfire, openfire_engine, sessionmaker, ingest)
+            tasks.add(asyncio.create_task(self.watcher.run(), name="watcher"))
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         code = EXIT_OK
         try:
@@ -122,4 +139,6 @@ class Service:
             for notifier in self.notifiers.values():
                 await notifier.close()
             await engine.dispose()
+            if openfire_engine is not None:
+                await openfire_engine.dispose()
         return code

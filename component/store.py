@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -106,6 +107,7 @@ class OutboxItem(Base):
     # Same key twice = same notification (a second source seeing the same message).
     dedup_key: Mapped[str] = mapped_column(String(255), unique=True)
     event: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16), default="xep0357")
     account: Mapped[str] = mapped_column(String(3071), index=True)
     channel: Mapped[str] = mapped_column(String(64))
     registration_id: Mapped[int | None] = mapped_column(
@@ -138,6 +140,65 @@ class DeliveryLogEntry(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MessageState:
+    UNREAD = "unread"
+    DELIVERED = "delivered"  # Openfire handed it to a client (the row vanished)
+    READ = "read"  # a displayed/acknowledged marker covered it
+
+
+class MissedMessage(Base):
+    """A message someone has not seen yet, as the watcher found it in ofOffline."""
+
+    __tablename__ = "missed_messages"
+    __table_args__ = (Index("ix_missed_messages_account_state", "account", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(3071))  # recipient, bare JID
+    conversation: Mapped[str] = mapped_column(String(3071))  # other party, bare JID
+    source_key: Mapped[str] = mapped_column(String(255), unique=True)  # of:<user>:<id>
+    stanza_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)  # only if privacy allows
+    encrypted: Mapped[bool] = mapped_column(default=False)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default=MessageState.UNREAD)
+    state_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ReadState(Base):
+    """Per account and conversation: what was delivered, what was displayed."""
+
+    __tablename__ = "read_state"
+
+    account: Mapped[str] = mapped_column(String(3071), primary_key=True)
+    conversation: Mapped[str] = mapped_column(String(3071), primary_key=True)
+    unread_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_displayed_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    last_displayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DigestCursor(Base):
+    """Per account and channel: what the last digest covered and when it went out."""
+
+    __tablename__ = "digest_cursors"
+
+    account: Mapped[str] = mapped_column(String(3071), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_message_id: Mapped[int] = mapped_column(Integer, default=0)
+    last_sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WatcherState(Base):
+    """Where the Openfire watcher stopped reading, so a restart neither repeats nor skips."""
+
+    __tablename__ = "watcher_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # one row per Openfire
+    high_message_id: Mapped[int] = mapped_column(Integer, default=0)
+    cursor_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # creationDate, epoch ms
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def async_url(url: str) -> str:

@@ -14,4 +14,8 @@ async def create_notifier(name: str, config: Any) -> Notifier:
         from .fcm import FcmNotifier
 
         return await FcmNotifier.create(name, config)
+    if config.type == "email":
+        from .email import EmailNotifier
+
+        return await EmailNotifier.create(name, config)
     raise ValueError(f"no notifier for channel type {config.type!r}")

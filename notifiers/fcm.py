@@ -76,6 +76,17 @@ class _SingleShotFCM(FCMNotification):
             self.FCM_END_POINT_BASE = f"{endpoint}/v1/projects"
         self.last_answer = threading.local()
 
+    @property
+    def requests_session(self) -> requests.Session:
+        session: requests.Session = super().requests_session
+        if session.trust_env:
+            # requests re-reads proxy variables from os.environ on every request, which
+            # caps a process near 800 requests/s. There is one endpoint: resolve its
+            # proxy (honouring NO_PROXY) once per session instead.
+            session.proxies.update(requests.utils.get_environ_proxies(self.fcm_end_point))
+            session.trust_env = False
+        return session
+
     def send_request(self, payload: Any = None, timeout: Any = None) -> requests.Response:
         response = self.requests_session.post(self.fcm_end_point, data=payload, timeout=timeout)
         if self._is_access_token_expired(response):
@@ -123,6 +134,11 @@ def classify(exc: Exception, answer: FcmAnswer | None) -> SendResult:
     retry_after = answer.retry_after if answer else None
     if isinstance(exc, TRANSPORT_ERRORS):
         return SendResult.retry(f"transport: {type(exc).__name__}")
+    if answer is None:
+        # No answer from the send endpoint: pyfcm failed before it, while obtaining an
+        # OAuth token (it wraps that in InvalidDataError). Credentials or the token
+        # endpoint can recover; the message itself was never judged.
+        return SendResult.retry(f"could not obtain an access token ({type(exc).__name__})")
     code = answer.error_code if answer else None
     status = f"HTTP {answer.status}" if answer else "no answer"
     if code in ERROR_CODE_OUTCOMES:
@@ -171,6 +187,7 @@ class FcmNotifier(Notifier):
         return data
 
     def _send_blocking(self, notification: Notification) -> SendResult:
+        self._client.last_answer.value = None
         try:
             self._client.notify(
                 fcm_token=notification.target,

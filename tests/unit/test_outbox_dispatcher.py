@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from component import outbox, registrations
 from component.committer import GroupCommitter
-from component.config import DeliveryConfig
+from component.compose import Composer
+from component.config import Config, DeliveryConfig, parse_config
 from component.dispatcher import Dispatcher, backoff
 from component.store import (
     DeliveryLogEntry,
@@ -82,12 +84,26 @@ def item(reg_id: int | None, key: str = "k1", delay: float = 0) -> OutboxItem:
     )
 
 
+def config_for(tmp: Path) -> Config:
+    sa = tmp / "sa.json"
+    sa.write_text("{}")
+    text = f"""
+xmpp: {{jid: push.example.test, secret: x}}
+channels:
+  phone: {{type: fcm, project_id: p, service_account_file: {sa}}}
+rules:
+  - {{event: offline_message, channel: phone}}
+"""
+    return parse_config(text, "test", {})
+
+
 async def run_until_settled(
     db: async_sessionmaker[AsyncSession], notifier: Notifier, config: DeliveryConfig, rounds: int
 ) -> list[OutboxItem]:
     committer = GroupCommitter(db)
     committer.start()
-    dispatcher = Dispatcher(db, committer, {"phone": notifier}, config, idle_poll=0.05)
+    composer = Composer(config_for(Path(tempfile.mkdtemp())))
+    dispatcher = Dispatcher(db, committer, {"phone": notifier}, config, composer, idle_poll=0.05)
     task = asyncio.create_task(dispatcher.run())
     try:
         for _ in range(rounds * 20):
@@ -180,6 +196,9 @@ async def test_target_invalid_disables_registration(db: async_sessionmaker[Async
     rows = await run_until_settled(db, notifier, FAST, 5)
     assert notifier.sent == []
     assert {r.dedup_key: r.status for r in rows} == {"a": "failed", "b": "failed"}
+    async with db() as s:
+        last = list((await s.execute(select(DeliveryLogEntry))).scalars())[-1]
+    assert (last.status, last.error) == ("skipped", "registration disabled (UNREGISTERED)")
 
 
 async def test_lease_hides_claimed_rows_until_it_expires(

@@ -1,0 +1,172 @@
+"""Turning source events into durable rows: one path for XEP-0357 and the watcher.
+
+Each call is one unit of work in the group committer, so what a source reported and
+what it caused (missed messages, outbox rows, cancellations, the watcher's position)
+commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import outbox, readstate
+from .committer import GroupCommitter
+from .events import OfflineMessage
+from .policy import Policy, Skip
+from .stanzas import ParsedMessage
+from .store import OutboxItem, Registration, WatcherState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeenMessage:
+    """A content message the watcher found in ofOffline."""
+
+    account: str
+    source_key: str
+    parsed: ParsedMessage
+    stored_at: dt.datetime
+
+
+@dataclass
+class WatcherBatch:
+    messages: list[SeenMessage] = field(default_factory=list)
+    markers: list[tuple[str, str | None, str]] = field(default_factory=list)  # reader, conv, id
+    delivered: dict[str, list[str]] = field(default_factory=dict)  # account → source keys
+    position: tuple[int, int] | None = None  # (high message id, cursor ms)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.markers or self.delivered or self.position)
+
+
+class Ingest:
+    def __init__(
+        self,
+        committer: GroupCommitter,
+        policy: Policy,
+        on_enqueued: Callable[[], None],
+        *,
+        include_body: bool,
+    ) -> None:
+        self._committer = committer
+        self._policy = policy
+        self._on_enqueued = on_enqueued
+        self._include_body = include_body
+
+    async def publish(self, event: OfflineMessage, registration_channel: str) -> list[int]:
+        rows, skips = self._policy.decide(event, registration_channel)
+
+        async def work(session: AsyncSession) -> list[int]:
+            ids = await outbox.enqueue(session, rows)
+            await _log_skips(session, skips)
+            return ids
+
+        ids = await self._committer.run(work)
+        if ids:
+            self._on_enqueued()
+        return ids
+
+    async def marker(self, reader: str, stanza_id: str) -> None:
+        await self._committer.run(
+            lambda s: self._apply(s, WatcherBatch(markers=[(reader, None, stanza_id)]), 1)
+        )
+
+    async def watcher(self, batch: WatcherBatch, watcher_id: int = 1) -> list[int]:
+        ids = await self._committer.run(lambda s: self._apply(s, batch, watcher_id))
+        if ids:
+            self._on_enqueued()
+        return ids
+
+    async def _apply(
+        self, session: AsyncSession, batch: WatcherBatch, watcher_id: int
+    ) -> list[int]:
+        touched: set[str] = set()
+        new_ids: list[int] = []
+        for seen in batch.messages:
+            new_ids += await self._message(session, seen)
+        for reader, conversation, stanza_id in batch.markers:
+            if await readstate.mark_displayed(session, reader, conversation, stanza_id):
+                touched.add(reader)
+        for account, keys in batch.delivered.items():
+            if await readstate.mark_delivered(session, account, keys):
+                touched.add(account)
+        for account in sorted(touched):
+            await readstate.cancel_overtaken(session, account)
+        if batch.position is not None:
+            state = await session.get(WatcherState, watcher_id)
+            if state is None:
+                state = WatcherState(id=watcher_id)
+                session.add(state)
+            state.high_message_id, state.cursor_ms = batch.position
+            state.updated_at = utcnow()
+        return new_ids
+
+    async def _message(self, session: AsyncSession, seen: SeenMessage) -> list[int]:
+        parsed = seen.parsed
+        missed_id = await readstate.record_missed(
+            session,
+            account=seen.account,
+            conversation=parsed.sender_bare,
+            source_key=seen.source_key,
+            stanza_id=parsed.id,
+            body=parsed.body if self._include_body else None,
+            encrypted=parsed.encrypted,
+            sent_at=parsed.delay or seen.stored_at,
+        )
+        if missed_id is None:
+            return []  # seen before (a restart re-read the overlap window)
+        event = OfflineMessage(
+            account=seen.account,
+            dedup_key=seen.source_key,
+            source="watcher",
+            sender=parsed.sender_bare,
+            body=None if parsed.encrypted else parsed.body,
+            missed_message_id=missed_id,
+        )
+        rows, skips = self._policy.decide(
+            event, registrations=await _registrations_by_channel(session, seen.account)
+        )
+        await _apply_min_interval(session, rows)
+        await _log_skips(session, skips)
+        return await outbox.enqueue(session, rows)
+
+
+async def _registrations_by_channel(session: AsyncSession, account: str) -> dict[str, list[int]]:
+    stmt = select(Registration.channel, Registration.id).where(
+        Registration.account == account, Registration.disabled_at.is_(None)
+    )
+    found: dict[str, list[int]] = defaultdict(list)
+    for channel, reg_id in (await session.execute(stmt)).all():
+        found[channel].append(reg_id)
+    return found
+
+
+async def _apply_min_interval(session: AsyncSession, rows: Sequence[OutboxItem]) -> None:
+    for row in rows:
+        interval = float(row.payload.get("min_interval") or 0)
+        if not interval:
+            continue
+        cursor = await readstate.digest_cursor(session, row.account, row.channel)
+        if cursor.last_sent_at is not None:
+            earliest = cursor.last_sent_at + dt.timedelta(seconds=interval)
+            row.due_at = max(row.due_at, earliest)
+
+
+async def _log_skips(session: AsyncSession, skips: Sequence[Skip]) -> None:
+    for skip in skips:
+        await outbox.log_entry(
+            session,
+            at=utcnow(),
+            account=skip.account,
+            channel=skip.channel,
+            status="skipped",
+            error=skip.reason,
+        )

@@ -1,0 +1,203 @@
+"""Openfire database watcher: offline messages and markers, read from outside.
+
+Each poll costs what changed, not the table:
+1. keys (no stanzas) of rows past the cursor — message ID above the high-water mark
+   *or* created within the overlap window — minus keys already handled;
+2. stanzas for the new keys only;
+3. for accounts with pending notifications only, which of their rows still exist
+   (a primary-key prefix lookup): rows that vanished were delivered.
+The cursor commits together with what the poll produced, so a crash repeats at most
+the last poll, which the dedup keys absorb. First start begins at "now": messages
+stored before ofnotify existed are not announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from . import openfire
+from .config import OpenfireConfig
+from .ingest import Ingest, SeenMessage, WatcherBatch
+from .stanzas import StanzaError, parse_message
+from .store import MessageState, MissedMessage, OutboxItem, OutboxStatus, WatcherState
+
+log = logging.getLogger(__name__)
+
+# Rows written by a node whose clock lags, or committed late, land behind the cursor.
+OVERLAP_MS = 10_000
+MAX_KNOWN_KEYS = 200_000
+NOTIFIABLE_TYPES = {"chat", "normal"}
+
+
+def source_key(username: str, message_id: int) -> str:
+    return f"of:{username}:{message_id}"
+
+
+@dataclass
+class PollStats:
+    new_rows: int = 0
+    db_seconds: float = 0.0
+    lag_seconds: float = 0.0
+
+
+class Watcher:
+    def __init__(
+        self,
+        config: OpenfireConfig,
+        engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        ingest: Ingest,
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._sessionmaker = sessionmaker
+        self._ingest = ingest
+        self._high_id = 0
+        self._cursor_ms = 0
+        self._started = False
+        # Keys handled in the overlap window; bounded, oldest forgotten first.
+        self._known: OrderedDict[openfire.Key, int] = OrderedDict()
+        self._bad_keys: set[openfire.Key] = set()
+        self.last_poll: PollStats = PollStats()
+        self.last_success: float | None = None
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll()
+                if failures:
+                    log.info("Openfire database reachable again; caught up")
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                level = logging.WARNING if failures < 5 or failures % 60 == 0 else logging.DEBUG
+                log.log(level, "watcher poll failed (%d in a row): %s", failures, _describe(exc))
+                await asyncio.sleep(min(30.0, self._config.poll_interval * 2 ** min(failures, 5)))
+                continue
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self._config.poll_interval - elapsed))
+
+    async def _load_position(self) -> None:
+        async with self._sessionmaker() as session:
+            state = await session.get(WatcherState, 1)
+        if state is not None:
+            self._high_id, self._cursor_ms = state.high_message_id, state.cursor_ms
+            log.info("watcher resumes after message id %d", self._high_id)
+        else:
+            async with self._engine.connect() as conn:
+                self._high_id = await openfire.max_message_id(conn)
+            self._cursor_ms = int(time.time() * 1000)
+            await self._ingest.watcher(WatcherBatch(position=(self._high_id, self._cursor_ms)))
+            log.info(
+                "watcher starts fresh at message id %d; older rows are not announced", self._high_id
+            )
+        self._started = True
+
+    async def poll(self) -> PollStats:
+        if not self._started:
+            await self._load_position()
+        stats = PollStats()
+        db_started = time.monotonic()
+        async with self._engine.connect() as conn:
+            keys = await openfire.new_keys(conn, self._high_id, self._cursor_ms - OVERLAP_MS)
+            fresh = [(u, m) for u, m, _ in keys if (u, m) not in self._known]
+            rows = await openfire.stanzas(conn, fresh) if fresh else []
+            watched = await self._accounts_to_recheck()
+            present = await openfire.present_keys(conn, watched) if watched else set()
+        stats.db_seconds = time.monotonic() - db_started
+
+        batch = WatcherBatch()
+        for row in sorted(rows, key=lambda r: r.message_id):
+            self._handle_row(row, batch)
+        if watched:
+            batch.delivered = await self._vanished(watched, present)
+        high = max([self._high_id, *(m for _, m, _ in keys)])
+        cursor = max([self._cursor_ms, *(c for _, _, c in keys)])
+        if fresh or batch or (high, cursor) != (self._high_id, self._cursor_ms):
+            batch.position = (high, cursor)
+            await self._ingest.watcher(batch)
+        # Only now is it durable: remember keys and advance.
+        for username, message_id, created in keys:
+            self._known[(username, message_id)] = created
+        self._high_id, self._cursor_ms = high, cursor
+        self._forget_old()
+        stats.new_rows = len(rows)
+        if rows:
+            newest = max(r.creation_ms for r in rows)
+            stats.lag_seconds = max(0.0, time.time() - newest / 1000)
+        self.last_poll = stats
+        self.last_success = time.time()
+        return stats
+
+    def _handle_row(self, row: openfire.OfflineRow, batch: WatcherBatch) -> None:
+        account = f"{row.username}@{self._config.domain}"
+        try:
+            parsed = parse_message(row.stanza)
+        except StanzaError as exc:
+            if row.key not in self._bad_keys:  # once per row, not once per poll
+                self._bad_keys.add(row.key)
+                log.warning(
+                    "skipping ofOffline row (%s, %d): %s", row.username, row.message_id, exc
+                )
+            return
+        if parsed.marker is not None and parsed.marker.kind in ("displayed", "acknowledged"):
+            # Stored for `username`, sent by the reader: the reader read `username`'s messages.
+            reader = parsed.sender_bare
+            batch.markers.append((reader, account, parsed.marker.id))
+        if not parsed.is_content or parsed.type not in NOTIFIABLE_TYPES:
+            return
+        stored_at = dt.datetime.fromtimestamp(row.creation_ms / 1000, dt.UTC)
+        batch.messages.append(
+            SeenMessage(account, source_key(row.username, row.message_id), parsed, stored_at)
+        )
+
+    async def _accounts_to_recheck(self) -> list[str]:
+        """Usernames whose pending notifications a delivery would cancel."""
+        suffix = f"@{self._config.domain}"
+        async with self._sessionmaker() as session:
+            stmt = (
+                select(OutboxItem.account)
+                .where(OutboxItem.status == OutboxStatus.PENDING, OutboxItem.source == "watcher")
+                .distinct()
+            )
+            accounts = list((await session.execute(stmt)).scalars())
+        return [a[: -len(suffix)] for a in accounts if a.endswith(suffix)]
+
+    async def _vanished(
+        self, usernames: list[str], present: set[openfire.Key]
+    ) -> dict[str, list[str]]:
+        present_keys = {source_key(u, m) for u, m in present}
+        accounts = [f"{u}@{self._config.domain}" for u in usernames]
+        async with self._sessionmaker() as session:
+            stmt = select(MissedMessage.account, MissedMessage.source_key).where(
+                MissedMessage.account.in_(accounts), MissedMessage.state == MessageState.UNREAD
+            )
+            unread = (await session.execute(stmt)).all()
+        gone: dict[str, list[str]] = {}
+        for account, key in unread:
+            if key.startswith("of:") and key not in present_keys:
+                gone.setdefault(account, []).append(key)
+        return gone
+
+    def _forget_old(self) -> None:
+        horizon = self._cursor_ms - 2 * OVERLAP_MS
+        while self._known and (
+            len(self._known) > MAX_KNOWN_KEYS or next(iter(self._known.values())) < horizon
+        ):
+            self._known.popitem(last=False)
+
+
+def _describe(exc: BaseException) -> str:
+    # Driver errors can embed the connection URL; keep the class and first line only.
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"
