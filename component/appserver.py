@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,8 @@ class AppServer:
         self._committer = committer
         self._nodes = nodes
         self._ingest = ingest
+        # Publishes by how they were answered: "accepted" or the error condition.
+        self.publish_outcomes: Counter[str] = Counter()
         self._channel = config.registration_channel()
         xmpp.register_handler(
             CoroutineCallback(
@@ -66,7 +69,7 @@ class AppServer:
         xmpp.add_event_handler("session_start", self._add_commands)
 
     def _add_commands(self, _event: object) -> None:
-        adhoc = self.xmpp["xep_0050"]
+        adhoc = self.xmpp.plugin["xep_0050"]
         adhoc.add_command(node=REGISTER_NODE, name="Register FCM push", handler=self._register)
         adhoc.add_command(
             node=UNREGISTER_NODE, name="Unregister FCM push", handler=self._unregister
@@ -167,6 +170,14 @@ class AppServer:
     # -- publishes ---------------------------------------------------------------
 
     async def on_publish(self, iq: Iq) -> None:
+        try:
+            await self._publish(iq)
+        except XMPPError as exc:
+            self.publish_outcomes[exc.condition] += 1
+            raise
+        self.publish_outcomes["accepted"] += 1
+
+    async def _publish(self, iq: Iq) -> None:
         try:
             publish = parse_publish(iq.xml)
         except PublishError as exc:

@@ -64,6 +64,7 @@ class Service:
     connection: ComponentConnection | None = None
     dispatcher: Dispatcher | None = None
     watcher: Watcher | None = None
+    appserver: AppServer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_stop(self) -> None:
@@ -98,7 +99,7 @@ class Service:
         )
         xmpp = Component(config.xmpp)
         self.connection = connection = ComponentConnection(xmpp, config.xmpp)
-        AppServer(xmpp, config, committer, nodes, ingest)
+        self.appserver = AppServer(xmpp, config, committer, nodes, ingest)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

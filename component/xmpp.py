@@ -36,9 +36,9 @@ class Component(ComponentXMPP):
         super().__init__(config.jid, config.secret.get_secret_value(), config.host, config.port)
         for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0060", "xep_0199"):
             self.register_plugin(plugin)
-        self["xep_0030"].add_identity(category="pubsub", itype="push", name="ofnotify")
-        self["xep_0030"].add_feature("urn:xmpp:push:0")
-        self["xep_0030"].add_feature("http://jabber.org/protocol/commands")
+        self.plugin["xep_0030"].add_identity(category="pubsub", itype="push", name="ofnotify")
+        self.plugin["xep_0030"].add_feature("urn:xmpp:push:0")
+        self.plugin["xep_0030"].add_feature("http://jabber.org/protocol/commands")
         # We run our own keepalive; slixmpp's whitespace pings can't detect dead peers.
         self.whitespace_keepalive = False
 
@@ -153,7 +153,7 @@ class ComponentConnection:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.xmpp["xep_0199"].send_ping(
+                await self.xmpp.plugin["xep_0199"].send_ping(
                     server, timeout=min(interval, 30.0), ifrom=self._config.jid
                 )
             except IqError:

@@ -1,0 +1,2 @@
+from tests.support.conftest_xmpp import *  # noqa
+from tests.support.conftest_services import *  # noqa: F403
