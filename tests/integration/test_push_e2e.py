@@ -198,7 +198,7 @@ async def test_unregistered_token_disables_the_node(
         assert len(fake_fcm.requests) == 1
         await bob.go_offline()
     log = await delivery_log(load_config(config_path))
-    assert [e.status for e in log if e.outbox_id is not None][0] == "target_invalid"
+    assert next(e.status for e in log if e.outbox_id is not None) == "target_invalid"
 
 
 async def _logged(service: Service, status: str) -> bool:

@@ -593,7 +593,7 @@ class FakeFcm:
     # A timeout argument (rather than asyncio.timeout) keeps it symmetrical with the
     # sync variant and gives a TimeoutError that says how many requests did arrive.
     async def wait_for_requests(
-        self, n: int, timeout: float = 5.0  # noqa: ASYNC109
+        self, n: int, timeout: float = 5.0
     ) -> list[FcmRequest]:
         """Like ``wait_for_requests_sync`` without blocking the caller's event loop."""
         loop = asyncio.get_running_loop()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import datetime as dt
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
