@@ -42,6 +42,7 @@ SHIPPED_LOCALES = ("en", "ko")
 
 # Digests stay readable on a phone and far below any server's size limit.
 MAX_LISTED_PER_SENDER = 5  # the latest ones; older ones are only counted
+MAX_SENDERS = 20
 MAX_BODY_CHARS = 500
 MAX_NAME_CHARS = 64
 MAX_SUBJECT_CHARS = 150
@@ -76,7 +77,8 @@ REPLY_CODE_OUTCOMES: dict[int, Outcome] = {
 REPLY_CLASS_OUTCOMES: dict[int, Outcome] = {4: Outcome.RETRY, 5: Outcome.FAILED}
 
 # aiosmtplib exceptions, most specific first (the first isinstance match wins).
-# None: the server's reply code decides through the tables above.
+# None: the server's reply code decides through the tables above, and the reason is
+# that reply ("550 5.1.1 no such user"); otherwise the reason starts with the label.
 # https://aiosmtplib.readthedocs.io/en/stable/reference.html#exceptions
 EXCEPTION_OUTCOMES: tuple[tuple[type[BaseException], Outcome | None, str], ...] = (
     (aiosmtplib.SMTPAuthenticationError, Outcome.RETRY, "authentication failed"),
@@ -152,8 +154,9 @@ class Digest:
     recipient_name: str | None
     message_count: int
     unread_count: int | None
-    senders: tuple[SenderDigest, ...]
-    unattributed: int  # messages counted whose sender is not shown
+    senders: tuple[SenderDigest, ...]  # in order of first message, at most MAX_SENDERS
+    sender_count: int  # all of them, listed or not
+    unattributed: int  # messages counted whose sender is not listed
     app_url: str | None
 
 
@@ -184,7 +187,7 @@ def build_digest(notification: Notification, locale: str, app_url: str | None) -
     for message in messages:
         groups.setdefault(message.sender, []).append(message)
     senders = []
-    for jid, group in groups.items():
+    for jid, group in list(groups.items())[:MAX_SENDERS]:
         name = next((m.sender_name for m in group if m.sender_name), None)
         visible = [e for e in map(_entry, group) if e is not None][-MAX_LISTED_PER_SENDER:]
         senders.append(
@@ -206,7 +209,8 @@ def build_digest(notification: Notification, locale: str, app_url: str | None) -
         message_count=total,
         unread_count=notification.unread_count,
         senders=tuple(senders),
-        unattributed=total - len(messages),
+        sender_count=len(groups),
+        unattributed=total - sum(s.count for s in senders),
         app_url=app_url,
     )
 
@@ -369,11 +373,10 @@ def classify(
 
     `addresses` are masked and `secrets` blanked wherever the server's text echoes them.
     """
-    for kind, fixed, label in EXCEPTION_OUTCOMES:
-        if isinstance(exc, kind):
-            break
-    else:
+    match = next((row for row in EXCEPTION_OUTCOMES if isinstance(exc, row[0])), None)
+    if match is None:
         return SendResult.retry(f"unexpected {type(exc).__name__}")
+    _, fixed, label = match
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]  # we send to exactly one recipient
     if isinstance(exc, aiosmtplib.SMTPResponseException):
