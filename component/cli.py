@@ -186,3 +186,7 @@ def _print(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> Non
             click.echo(json.dumps(row, ensure_ascii=False))
     else:
         click.echo(inspection.table(rows, columns))
+
+
+if __name__ == "__main__":
+    main()

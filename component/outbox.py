@@ -19,6 +19,7 @@ from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, utcnow
 _COLUMNS = (
     "dedup_key",
     "event",
+    "source",
     "account",
     "channel",
     "registration_id",

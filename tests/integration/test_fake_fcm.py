@@ -177,7 +177,8 @@ def test_unknown_service_account_key_is_invalid_grant(fake_fcm: FakeFcm, tmp_pat
 
 def test_token_without_fcm_scope_is_403(fake_fcm: FakeFcm) -> None:
     creds = service_account.Credentials.from_service_account_file(
-        str(fake_fcm.service_account_path), scopes=["https://www.googleapis.com/auth/userinfo.email"]
+        str(fake_fcm.service_account_path),
+        scopes=["https://www.googleapis.com/auth/userinfo.email"],
     )
     creds.refresh(GoogleRequest())
 
@@ -191,14 +192,29 @@ def test_token_without_fcm_scope_is_403(fake_fcm: FakeFcm) -> None:
 
 ERROR_CASES: list[tuple[Callable[[], FcmReply], int, str, str, type[Exception]]] = [
     (FcmReply.unregistered, 404, "NOT_FOUND", "UNREGISTERED", pyfcm_errors.FCMNotRegisteredError),
-    (FcmReply.invalid_argument, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT",
-     pyfcm_errors.InvalidDataError),
-    (FcmReply.sender_id_mismatch, 403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH",
-     pyfcm_errors.FCMSenderIdMismatchError),
+    (
+        FcmReply.invalid_argument,
+        400,
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        pyfcm_errors.InvalidDataError,
+    ),
+    (
+        FcmReply.sender_id_mismatch,
+        403,
+        "PERMISSION_DENIED",
+        "SENDER_ID_MISMATCH",
+        pyfcm_errors.FCMSenderIdMismatchError,
+    ),
     (FcmReply.internal, 500, "INTERNAL", "INTERNAL", pyfcm_errors.FCMServerError),
     (FcmReply.unavailable, 503, "UNAVAILABLE", "UNAVAILABLE", pyfcm_errors.FCMServerError),
-    (FcmReply.third_party_auth_error, 401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR",
-     pyfcm_errors.AuthenticationError),
+    (
+        FcmReply.third_party_auth_error,
+        401,
+        "UNAUTHENTICATED",
+        "THIRD_PARTY_AUTH_ERROR",
+        pyfcm_errors.AuthenticationError,
+    ),
 ]
 
 
@@ -264,11 +280,14 @@ def test_single_shot_pyfcm_does_not_loop_on_retry_after(fake_fcm: FakeFcm) -> No
 
 def test_retry_after_is_optional_and_may_be_an_http_date(fake_fcm: FakeFcm) -> None:
     date = "Wed, 21 Oct 2037 07:28:00 GMT"
-    fake_fcm.script("tok", [
-        FcmReply.unavailable(),
-        FcmReply.unavailable(retry_after=7),
-        FcmReply.quota_exceeded(retry_after=date),
-    ])
+    fake_fcm.script(
+        "tok",
+        [
+            FcmReply.unavailable(),
+            FcmReply.unavailable(retry_after=7),
+            FcmReply.quota_exceeded(retry_after=date),
+        ],
+    )
     token = access_token(fake_fcm)
 
     answers = [post_send(fake_fcm, {"message": {"token": "tok"}}, token) for _ in range(3)]
@@ -289,14 +308,19 @@ def test_script_then_always_then_default(fake_fcm: FakeFcm) -> None:
 
     fake_fcm.script("tok", [FcmReply.unregistered(), FcmReply.unavailable(), FcmReply.ok()])
     assert [outcome("tok") for _ in range(4)] == [
-        "FCMNotRegisteredError", "FCMServerError", "ok", "ok",
+        "FCMNotRegisteredError",
+        "FCMServerError",
+        "ok",
+        "ok",
     ]
     assert fake_fcm.pending_scripts() == {}
 
     fake_fcm.always("dead", FcmReply.unregistered())
     fake_fcm.script("dead", [FcmReply.ok()])  # a script takes precedence over the rule
     assert [outcome("dead") for _ in range(3)] == [
-        "ok", "FCMNotRegisteredError", "FCMNotRegisteredError",
+        "ok",
+        "FCMNotRegisteredError",
+        "FCMNotRegisteredError",
     ]
     fake_fcm.always("dead", None)
     assert outcome("dead") == "ok"

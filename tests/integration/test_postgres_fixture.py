@@ -69,10 +69,12 @@ async def test_each_test_gets_a_fresh_database(postgres_db: str, attempt: int) -
 
 def test_cluster_is_private_and_fast(postgres_server: PostgresServer) -> None:
     with postgres_server.connect() as conn:
-        settings = dict(conn.execute(
-            "select name, setting from pg_settings where name in "
-            "('listen_addresses', 'fsync', 'unix_socket_directories', 'port', 'server_version_num')"
-        ).fetchall())
+        settings = dict(
+            conn.execute(
+                "select name, setting from pg_settings where name in "
+                "('listen_addresses', 'fsync', 'unix_socket_directories', 'port', 'server_version_num')"
+            ).fetchall()
+        )
 
     assert settings["listen_addresses"] == "127.0.0.1"
     assert settings["fsync"] == "off"

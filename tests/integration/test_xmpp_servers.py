@@ -176,13 +176,17 @@ class ToyPushComponent:
         if isinstance(submitted, Form) and submitted["type"] == "submit":
             # Single-stage use: the submit form came along with the execute request.
             return self._command_submit(submitted, session)
-        form: Form = self.xmpp.plugin["xep_0004"].make_form(ftype="form", title="Register FCM token")
+        form: Form = self.xmpp.plugin["xep_0004"].make_form(
+            ftype="form", title="Register FCM token"
+        )
         form.add_field(var="FORM_TYPE", ftype="hidden", value="urn:ofnotify:toy:register")
         form.add_field(var="token", ftype="text-single", label="FCM token", required=True)
         session.update(payload=form, next=self._command_submit, has_next=False)
         return session
 
-    def _command_submit(self, payload: Form | list[Form], session: dict[str, Any]) -> dict[str, Any]:
+    def _command_submit(
+        self, payload: Form | list[Form], session: dict[str, Any]
+    ) -> dict[str, Any]:
         form = payload[0] if isinstance(payload, list) else payload
         token = form.get_values().get("token")
         if not token:
@@ -254,7 +258,11 @@ async def test_push_round_trip_survives_restart(
     assert registration["status"] == "completed"
     fields = registration["fields"]
     assert fields["jid"] == server.component_jid
-    push_jid, push_node, push_secret = str(fields["jid"]), str(fields["node"]), str(fields["secret"])
+    push_jid, push_node, push_secret = (
+        str(fields["jid"]),
+        str(fields["node"]),
+        str(fields["secret"]),
+    )
 
     await alice.enable_push(push_jid, push_node, push_secret)
     await alice.go_offline()

@@ -139,8 +139,9 @@ class FcmReply:
 
     @classmethod
     def unregistered(cls, *, delay: float = 0.0) -> FcmReply:
-        return cls.error(404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.",
-                         delay=delay)
+        return cls.error(
+            404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.", delay=delay
+        )
 
     @classmethod
     def invalid_argument(
@@ -150,39 +151,67 @@ class FcmReply:
         field_name: str = "message.token",
         delay: float = 0.0,
     ) -> FcmReply:
-        violation = {"@type": BAD_REQUEST_TYPE,
-                     "fieldViolations": [{"field": field_name, "description": message}]}
-        return cls.error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", message, delay=delay,
-                         extra_details=[violation])
+        violation = {
+            "@type": BAD_REQUEST_TYPE,
+            "fieldViolations": [{"field": field_name, "description": message}],
+        }
+        return cls.error(
+            400,
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            message,
+            delay=delay,
+            extra_details=[violation],
+        )
 
     @classmethod
     def sender_id_mismatch(cls, *, delay: float = 0.0) -> FcmReply:
-        return cls.error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch",
-                         delay=delay)
+        return cls.error(
+            403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch", delay=delay
+        )
 
     @classmethod
     def quota_exceeded(cls, *, retry_after: int | str | None = 60, delay: float = 0.0) -> FcmReply:
         return cls.error(
-            429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED",
-            "Quota exceeded for quota metric 'Send requests' of service "
-            "'fcm.googleapis.com'.",
-            retry_after=retry_after, delay=delay,
+            429,
+            "RESOURCE_EXHAUSTED",
+            "QUOTA_EXCEEDED",
+            "Quota exceeded for quota metric 'Send requests' of service 'fcm.googleapis.com'.",
+            retry_after=retry_after,
+            delay=delay,
         )
 
     @classmethod
     def unavailable(cls, *, retry_after: int | str | None = None, delay: float = 0.0) -> FcmReply:
-        return cls.error(503, "UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable.",
-                         retry_after=retry_after, delay=delay)
+        return cls.error(
+            503,
+            "UNAVAILABLE",
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+            retry_after=retry_after,
+            delay=delay,
+        )
 
     @classmethod
     def internal(cls, *, retry_after: int | str | None = None, delay: float = 0.0) -> FcmReply:
-        return cls.error(500, "INTERNAL", "INTERNAL", "Internal error encountered.",
-                         retry_after=retry_after, delay=delay)
+        return cls.error(
+            500,
+            "INTERNAL",
+            "INTERNAL",
+            "Internal error encountered.",
+            retry_after=retry_after,
+            delay=delay,
+        )
 
     @classmethod
     def third_party_auth_error(cls, *, delay: float = 0.0) -> FcmReply:
-        return cls.error(401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR",
-                         "Auth error from APNS or Web Push Service", delay=delay)
+        return cls.error(
+            401,
+            "UNAUTHENTICATED",
+            "THIRD_PARTY_AUTH_ERROR",
+            "Auth error from APNS or Web Push Service",
+            delay=delay,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +320,10 @@ class FakeFcm:
             ready = threading.Event()
             failures: list[BaseException] = []
             thread = threading.Thread(
-                target=self._serve, args=(sock, ready, failures),
-                name=f"fake-fcm-{self._port}", daemon=True,
+                target=self._serve,
+                args=(sock, ready, failures),
+                name=f"fake-fcm-{self._port}",
+                daemon=True,
             )
             thread.start()
             if not ready.wait(10):
@@ -386,7 +417,9 @@ class FakeFcm:
         # The low-level server skips routing and middlewares; access_log=None because
         # logging every request would dominate the cost at benchmark rates.
         server = _CountingServer(
-            self._dispatch, on_connect=self._count_connection, access_log=None,
+            self._dispatch,
+            on_connect=self._count_connection,
+            access_log=None,
             keepalive_timeout=75.0,
         )
         runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
@@ -465,7 +498,10 @@ class FakeFcm:
         }
 
     def write_service_account(
-        self, path: str | os.PathLike[str], *, trusted: bool = True,
+        self,
+        path: str | os.PathLike[str],
+        *,
+        trusted: bool = True,
         client_email: str | None = None,
     ) -> Path:
         """Write a throwaway service-account JSON; the trusted one is remembered as
@@ -592,9 +628,7 @@ class FakeFcm:
 
     # A timeout argument (rather than asyncio.timeout) keeps it symmetrical with the
     # sync variant and gives a TimeoutError that says how many requests did arrive.
-    async def wait_for_requests(
-        self, n: int, timeout: float = 5.0
-    ) -> list[FcmRequest]:
+    async def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[FcmRequest]:
         """Like ``wait_for_requests_sync`` without blocking the caller's event loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -637,28 +671,40 @@ class FakeFcm:
             if path == "/token":
                 return await self._handle_token(request)
             if path.startswith(_SEND_PREFIX) and path.endswith(_SEND_SUFFIX):
-                project = path[len(_SEND_PREFIX):-len(_SEND_SUFFIX)]
+                project = path[len(_SEND_PREFIX) : -len(_SEND_SUFFIX)]
                 if project and "/" not in project:
                     return await self._handle_send(request, project)
-        return _json_response(404, _error_body(
-            404, "NOT_FOUND", f"The requested URL {path} was not found on this server."))
+        return _json_response(
+            404,
+            _error_body(
+                404, "NOT_FOUND", f"The requested URL {path} was not found on this server."
+            ),
+        )
 
     async def _handle_token(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = await request.read()
         form = dict(parse_qsl(raw.decode("utf-8", "replace")))
         grant_type = form.get("grant_type")
         if grant_type != JWT_GRANT_TYPE:
-            return _json_response(400, {"error": "unsupported_grant_type",
-                                        "error_description": f"Invalid grant_type: {grant_type}"})
+            return _json_response(
+                400,
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": f"Invalid grant_type: {grant_type}",
+                },
+            )
         try:
             identity, scopes = self._verify_assertion(form.get("assertion", ""))
         except _InvalidGrant as exc:
             return _json_response(400, {"error": "invalid_grant", "error_description": str(exc)})
         if not scopes:
-            return _json_response(400, {
-                "error": "invalid_scope",
-                "error_description": "Invalid OAuth scope or ID token audience provided.",
-            })
+            return _json_response(
+                400,
+                {
+                    "error": "invalid_scope",
+                    "error_description": "Invalid OAuth scope or ID token audience provided.",
+                },
+            )
         now = time.monotonic()
         grant = TokenGrant(
             access_token="ya29.fake-" + secrets.token_urlsafe(32),
@@ -670,8 +716,14 @@ class FakeFcm:
         with self._lock:
             self._grants[grant.access_token] = grant
             self._grant_log.append(grant)
-        return _json_response(200, {"access_token": grant.access_token,
-                                    "expires_in": self.token_lifetime, "token_type": "Bearer"})
+        return _json_response(
+            200,
+            {
+                "access_token": grant.access_token,
+                "expires_in": self.token_lifetime,
+                "token_type": "Bearer",
+            },
+        )
 
     def _verify_assertion(self, assertion: str) -> tuple[_Identity, frozenset[str]]:
         parts = assertion.split(".")
@@ -721,8 +773,9 @@ class FakeFcm:
     async def _handle_send(self, request: web.BaseRequest, project: str) -> web.StreamResponse:
         received_at, received_at_wall = time.monotonic(), time.time()
         raw = await request.read()
-        access_token, failure = self._authenticate(request.headers.get("Authorization"),
-                                                   received_at)
+        access_token, failure = self._authenticate(
+            request.headers.get("Authorization"), received_at
+        )
         message, validate_only, invalid = self._parse_send_body(raw)
         token = message.get("token") if message is not None else None
         if not isinstance(token, str):
@@ -736,7 +789,8 @@ class FakeFcm:
         name: str | None = None
         if reply.body is None:
             message_id = (
-                "fake_message_id" if validate_only
+                "fake_message_id"
+                if validate_only
                 else f"0:{int(received_at_wall * 1e6)}%{next(self._message_ids):016x}"
             )
             name = f"projects/{project}/messages/{message_id}"
@@ -748,18 +802,20 @@ class FakeFcm:
             if reply.http_status == 200:
                 name = reply.body.get("name")
 
-        self._record(FcmRequest(
-            received_at=received_at,
-            received_at_wall=received_at_wall,
-            project=project,
-            token=token,
-            message=message,
-            validate_only=validate_only,
-            status=reply.http_status,
-            error_code=reply.error_code,
-            name=name,
-            access_token=access_token,
-        ))
+        self._record(
+            FcmRequest(
+                received_at=received_at,
+                received_at_wall=received_at_wall,
+                project=project,
+                token=token,
+                message=message,
+                validate_only=validate_only,
+                status=reply.http_status,
+                error_code=reply.error_code,
+                name=name,
+                access_token=access_token,
+            )
+        )
         if reply.delay > 0:
             await asyncio.sleep(reply.delay)
         headers = dict(_JSON_HEADERS) if not isinstance(reply.body, bytes) else {}
@@ -769,31 +825,40 @@ class FakeFcm:
     def _authenticate(self, header: str | None, now: float) -> tuple[str | None, FcmReply | None]:
         if not header or not header.startswith("Bearer "):
             return None, FcmReply.error(
-                401, "UNAUTHENTICATED", None,
+                401,
+                "UNAUTHENTICATED",
+                None,
                 "Request is missing required authentication credential. Expected OAuth 2 "
                 "access token, login cookie or other valid authentication credential.",
                 extra_details=[_error_info("CREDENTIALS_MISSING")],
             )
-        token = header[len("Bearer "):].strip()
+        token = header[len("Bearer ") :].strip()
         with self._lock:
             grant = self._grants.get(token)
         if grant is None:
             return token, FcmReply.error(
-                401, "UNAUTHENTICATED", None,
+                401,
+                "UNAUTHENTICATED",
+                None,
                 "Request had invalid authentication credentials. Expected OAuth 2 access "
                 "token, login cookie or other valid authentication credential.",
             )
         if grant.expires_at <= now:
             # pyfcm (and ofnotify) refresh and re-send only on this exact reason.
             return token, FcmReply.error(
-                401, "UNAUTHENTICATED", None,
+                401,
+                "UNAUTHENTICATED",
+                None,
                 "Request had invalid authentication credentials. Expected OAuth 2 access "
                 "token, login cookie or other valid authentication credential.",
                 extra_details=[_error_info("ACCESS_TOKEN_EXPIRED")],
             )
         if not grant.scopes & {FCM_SCOPE, CLOUD_PLATFORM_SCOPE}:
             return token, FcmReply.error(
-                403, "PERMISSION_DENIED", None, "Request had insufficient authentication scopes.",
+                403,
+                "PERMISSION_DENIED",
+                None,
+                "Request had insufficient authentication scopes.",
                 extra_details=[_error_info("ACCESS_TOKEN_SCOPE_INSUFFICIENT")],
             )
         return token, None
@@ -810,8 +875,11 @@ class FakeFcm:
         if not isinstance(message, dict):
             return None, False, _bad_json("Invalid JSON payload received. 'message' is required.")
         if not isinstance(validate_only, bool):
-            return message, False, _bad_json(
-                "Invalid value at 'validate_only' (TYPE_BOOL)", "validate_only")
+            return (
+                message,
+                False,
+                _bad_json("Invalid value at 'validate_only' (TYPE_BOOL)", "validate_only"),
+            )
         if self.strict:
             return message, validate_only, _validate_message(document, message)
         return message, validate_only, None
@@ -821,35 +889,47 @@ def _validate_message(document: dict[str, Any], message: dict[str, Any]) -> FcmR
     for key in document:
         if key not in ("message", "validate_only"):
             return _bad_json(
-                f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.', key)
+                f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.', key
+            )
     if sum(1 for key in _MESSAGE_TARGETS if message.get(key)) != 1:
-        return FcmReply.error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT",
-                              "Recipient of the message is not set.")
+        return FcmReply.error(
+            400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Recipient of the message is not set."
+        )
     data = message.get("data")
     if data is not None:
         if not isinstance(data, dict):
-            return _bad_json("Invalid value at 'message.data' (type.googleapis.com/"
-                             "google.firebase.fcm.v1.Message.DataEntry)", "message.data")
+            return _bad_json(
+                "Invalid value at 'message.data' (type.googleapis.com/"
+                "google.firebase.fcm.v1.Message.DataEntry)",
+                "message.data",
+            )
         for index, (key, value) in enumerate(data.items()):
             if not isinstance(value, str):
                 # FCM's data map is string -> string; ints and bools are rejected outright.
                 where = f"message.data[{index}].value"
-                return _bad_json(f"Invalid value at '{where}' (TYPE_STRING), {value!r} "
-                                 f"(key {key!r})", where)
+                return _bad_json(
+                    f"Invalid value at '{where}' (TYPE_STRING), {value!r} (key {key!r})", where
+                )
     return None
 
 
 def _bad_json(message: str, field_name: str | None = None) -> FcmReply:
     details = []
     if field_name is not None:
-        details.append({"@type": BAD_REQUEST_TYPE,
-                        "fieldViolations": [{"field": field_name, "description": message}]})
+        details.append(
+            {
+                "@type": BAD_REQUEST_TYPE,
+                "fieldViolations": [{"field": field_name, "description": message}],
+            }
+        )
     return FcmReply.error(400, "INVALID_ARGUMENT", None, message, extra_details=details)
 
 
 def _permission_denied(project: str) -> FcmReply:
     return FcmReply.error(
-        403, "PERMISSION_DENIED", None,
+        403,
+        "PERMISSION_DENIED",
+        None,
         f"Permission 'cloudmessaging.messages.create' denied on resource "
         f"'//cloudresourcemanager.googleapis.com/projects/{project}' (or it may not exist).",
         extra_details=[_error_info("IAM_PERMISSION_DENIED")],
@@ -857,9 +937,15 @@ def _permission_denied(project: str) -> FcmReply:
 
 
 def _error_info(reason: str) -> dict[str, Any]:
-    return {"@type": ERROR_INFO_TYPE, "reason": reason, "domain": "googleapis.com",
-            "metadata": {"service": "fcm.googleapis.com", "method":
-                         "google.firebase.fcm.v1.FcmService.SendMessage"}}
+    return {
+        "@type": ERROR_INFO_TYPE,
+        "reason": reason,
+        "domain": "googleapis.com",
+        "metadata": {
+            "service": "fcm.googleapis.com",
+            "method": "google.firebase.fcm.v1.FcmService.SendMessage",
+        },
+    }
 
 
 def _error_body(code: int, status: str, message: str) -> dict[str, Any]:

@@ -65,8 +65,9 @@ def find_bindir() -> Path:
     candidates.extend(debian)
     if pg_config := shutil.which("pg_config"):
         with contextlib.suppress(subprocess.CalledProcessError, OSError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            ).stdout.strip()
             candidates.append(Path(out))
     for bindir in candidates:
         if (bindir / "initdb").is_file() and (bindir / "postgres").is_file():
@@ -184,23 +185,33 @@ class PostgresServer:
         self.socket_dir.mkdir(exist_ok=True)
         self._give_to_owner(self.workdir)
         self._give_to_owner(self.socket_dir)
-        if self._owner is not None and self._run_as_owner(["test", "-w", str(self.workdir)],
-                                                          check=False).returncode != 0:
+        if (
+            self._owner is not None
+            and self._run_as_owner(["test", "-w", str(self.workdir)], check=False).returncode != 0
+        ):
             raise RuntimeError(
                 f"user {self._owner.pw_name!r} cannot reach {self.workdir}: a parent directory "
                 "is not traversable by it (pytest's tmp_path under /tmp/pytest-of-root is "
                 "0700); use a directory made with tempfile.mkdtemp()"
             )
-        result = self._run_as_owner([
-            str(self.bindir / "initdb"),
-            "--pgdata", str(self.datadir),
-            "--username", self.superuser,
-            "--auth", "trust",  # local throwaway cluster bound to loopback only
-            "--encoding", "UTF8",
-            "--locale", "C",
-            "--no-sync",
-            "--no-instructions",
-        ], check=False)
+        result = self._run_as_owner(
+            [
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(self.datadir),
+                "--username",
+                self.superuser,
+                "--auth",
+                "trust",  # local throwaway cluster bound to loopback only
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed ({result.returncode}):\n{result.stdout}")
         lines = [f"{key} = {value}" for key, value in self.settings.items()]
@@ -215,10 +226,14 @@ class PostgresServer:
             # The port goes on the command line, not in postgresql.conf, so a retry
             # with another port needs no config rewrite.
             self._proc = subprocess.Popen(
-                self._as_owner([str(self.bindir / "postgres"), "-D", str(self.datadir),
-                                "-p", str(port)]),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.workdir, env=self._env(),
+                self._as_owner(
+                    [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(port)]
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._env(),
                 # Own session: a Ctrl-C in the terminal reaches pytest, whose teardown
                 # then stops the cluster, instead of killing postgres mid-test.
                 start_new_session=True,
@@ -234,8 +249,7 @@ class PostgresServer:
                 if "could not bind" in tail or "Address already in use" in tail:
                     self.port = None
                     raise _PortInUse(tail)
-                raise RuntimeError(f"postgres exited with code {exit_code} during startup:\n"
-                                   f"{tail}")
+                raise RuntimeError(f"postgres exited with code {exit_code} during startup:\n{tail}")
             try:
                 with psycopg.connect(self.url("postgres", driver=None), connect_timeout=2):
                     return
@@ -264,17 +278,29 @@ class PostgresServer:
             return list(command)
         # setpriv execs in place (unlike runuser/su), so the Popen pid is postgres
         # itself and signals reach it directly.
-        return ["setpriv", f"--reuid={self._owner.pw_uid}", f"--regid={self._owner.pw_gid}",
-                "--init-groups", "--", *command]
+        return [
+            "setpriv",
+            f"--reuid={self._owner.pw_uid}",
+            f"--regid={self._owner.pw_gid}",
+            "--init-groups",
+            "--",
+            *command,
+        ]
 
     def _run_as_owner(
         self, command: Sequence[str], *, check: bool
     ) -> subprocess.CompletedProcess[str]:
         # cwd matters: initdb fails with "could not identify current directory" when
         # started from a directory its user cannot read, e.g. /root.
-        return subprocess.run(self._as_owner(command), cwd=self.workdir, env=self._env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              check=check)
+        return subprocess.run(
+            self._as_owner(command),
+            cwd=self.workdir,
+            env=self._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=check,
+        )
 
     def _give_to_owner(self, path: Path) -> None:
         if self._owner is not None:
@@ -315,8 +341,9 @@ class PostgresServer:
         """Drop ``name`` if it exists, disconnecting whoever is still connected."""
         _check_name(name)
         with self.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def databases(self) -> list[str]:
         with self.connect() as conn:

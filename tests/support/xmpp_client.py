@@ -71,9 +71,7 @@ class CommandResult(TypedDict):
 
 def form_values(form: Form) -> dict[str, FieldValue]:
     """Field values as sent on the wire: strings, lists for multi-value fields."""
-    return {
-        var: field.get_value(convert=False) for var, field in form.get_fields().items() if var
-    }
+    return {var: field.get_value(convert=False) for var, field in form.get_fields().items() if var}
 
 
 class Client:
@@ -189,7 +187,11 @@ class Client:
     ) -> Iq:
         try:
             return await self.xmpp.plugin["xep_0050"].send_command(
-                jid, node, action=action, payload=payload, sessionid=sessionid,
+                jid,
+                node,
+                action=action,
+                payload=payload,
+                sessionid=sessionid,
                 timeout=self.timeout,
             )
         except IqError as exc:

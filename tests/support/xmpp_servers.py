@@ -438,8 +438,15 @@ class ProsodyServer(XmppServer):
     def register(self, user: str, password: str) -> None:
         self._prepare_rundir()
         self._run_tool(
-            ["prosodyctl", "--config", str(self.config_path), "register", user, self.domain,
-             password]
+            [
+                "prosodyctl",
+                "--config",
+                str(self.config_path),
+                "register",
+                user,
+                self.domain,
+                password,
+            ]
         )
 
     def _binary(self) -> str:
@@ -560,10 +567,14 @@ class EjabberdServer(XmppServer):
     def _ctl(self, *args: str) -> list[str]:
         return [
             "ejabberdctl",
-            "--config-dir", str(self.rundir),
-            "--logs", str(self.logs_dir),
-            "--spool", str(self.spool_dir),
-            "--node", self.node,
+            "--config-dir",
+            str(self.rundir),
+            "--logs",
+            str(self.logs_dir),
+            "--spool",
+            str(self.spool_dir),
+            "--node",
+            self.node,
             *args,
         ]
 

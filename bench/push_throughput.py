@@ -1,0 +1,706 @@
+"""Push throughput and latency of ofnotify, end to end, on one machine.
+
+    python -m bench.push_throughput [--n 5000] [--rate 500] [--server prosody|ejabberd]
+
+A real XMPP server (Prosody or ejabberd from tests/support/xmpp_servers.py) publishes
+XEP-0357 notifications to ofnotify, which runs as its own process
+(`ofnotify run --config FILE`) and sends them with pyfcm to the local FCM HTTP v1
+stand-in (tests/support/fake_fcm.py, running in this process). Sender clients send
+N chat messages ("bench <seq>") to offline recipients who enabled push, paced at
+--rate messages/s (0 = as fast as possible). Printed: notifications/s (first to last
+FCM request), latency from message send to FCM request, FCM answers by status,
+ofnotify's peak RSS and CPU time, and CPU time of every participant.
+
+Everything listens on 127.0.0.1. The XMPP server, this load generator (which also
+hosts the fake FCM) and ofnotify share the machine's cores, so the figures are a
+floor for ofnotify alone, not a ceiling. This script measures; it asserts nothing.
+
+`--profile FILE` attaches py-spy to ofnotify for the measured phase (FILE ending in
+.svg: flame graph; .json: speedscope; else collapsed stacks, which
+`python -m bench.profile_summary FILE` condenses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import yaml
+
+from tests.support.fake_fcm import FakeFcm, FcmRequest
+from tests.support.ofnotify_service import write_config
+from tests.support.xmpp_client import Client, XmppError, connect_client
+from tests.support.xmpp_servers import EjabberdServer, ProsodyServer, XmppServer
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BODY_PREFIX = "bench "
+WARMUP_PREFIX = "warmup "
+PASSWORD = "pw"
+
+# From the issue; printed next to the measured values, never asserted.
+TARGET_RATE = 1000.0  # notifications/s sustained, with --rate 0
+TARGET_P99_MS = 100.0  # at --rate 500
+TARGET_P99_AT_RATE = 500.0
+TARGET_RSS_MB = 150.0
+
+# `ofnotify run`, started through the same interpreter as this script.
+OFNOTIFY_CMD = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'ofnotify'; from component.cli import main; main()",
+]
+
+
+class BenchProsody(ProsodyServer):
+    """The test suite's Prosody, with a selectable log level.
+
+    The suite logs at debug (every stanza, to a file), which costs Prosody a large
+    share of its single core at these rates; a production server logs at info.
+    """
+
+    log_level = "info"
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text()
+        self.config_path.write_text(
+            text.replace('levels = { min = "debug" }', f'levels = {{ min = "{self.log_level}" }}')
+        )
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state(3) ... utime(14) stime(15); index = field - 3.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kb(pid: int, key: str) -> int | None:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return None
+
+
+def group_cpu_seconds(pgrp: int) -> float:
+    """CPU of every live process in a process group (the XMPP server and its helpers)."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(stat[2]) == pgrp:
+            total += (int(stat[11]) + int(stat[12])) / CLK_TCK
+    return total
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def distribution(values_ms: Sequence[float]) -> str:
+    if not values_ms:
+        return "n/a"
+    s = sorted(values_ms)
+    return (
+        f"p50 {percentile(s, 0.50):7.1f}  p95 {percentile(s, 0.95):7.1f}  "
+        f"p99 {percentile(s, 0.99):7.1f}  max {s[-1]:7.1f}  (ms)"
+    )
+
+
+def seq_of(body: Any, prefix: str = BODY_PREFIX) -> int | None:
+    if isinstance(body, str) and body.startswith(prefix):
+        with contextlib.suppress(ValueError):
+            return int(body[len(prefix) :])
+    return None
+
+
+def request_body(request: FcmRequest) -> Any:
+    data = (request.message or {}).get("data") or {}
+    return data.get("body")
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    ofnotify: float
+    server: float
+    generator: float
+
+
+@dataclass
+class Results:
+    lines: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, line: str = "") -> None:
+        self.lines.append(line)
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+class PushBench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(tempfile.mkdtemp(prefix="ofnotify-bench-"))
+        self.fake: FakeFcm | None = None
+        self.server: XmppServer | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
+        self.clients: list[Client] = []
+        self.offline: list[Client] = []
+        self.ofnotify_log = self.workdir / "ofnotify.log"
+        self.config_path = self.workdir / "ofnotify.yaml"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> Results:
+        args = self.args
+        self.progress(f"workdir {self.workdir}")
+        self.fake = FakeFcm(project_id="bench-project")
+        self.fake.write_service_account(self.workdir / "fcm-service-account.json")
+        self.fake.start()
+
+        server_cls: type[XmppServer] = BenchProsody if args.server == "prosody" else EjabberdServer
+        self.server = server = server_cls(self.workdir / "server")
+        if isinstance(server, BenchProsody):
+            server.log_level = args.server_log
+        started = time.monotonic()
+        await asyncio.to_thread(server.start)
+        self.progress(f"{server.name} up in {time.monotonic() - started:.1f} s: {server!r}")
+        recipients = [f"rcpt{i}" for i in range(args.recipients)]
+        senders = [f"sender{i}" for i in range(args.senders)]
+        for user in recipients + senders:
+            await asyncio.to_thread(server.register, user, PASSWORD)
+
+        self.write_ofnotify_config(server)
+        self.start_ofnotify()
+        assert self.proc is not None
+
+        # Recipients: register a device, enable push, go offline.
+        started = time.monotonic()
+        for index, user in enumerate(recipients):
+            await self.register_recipient(user, index, first=index == 0)
+        self.progress(
+            f"{len(recipients)} recipient(s) registered and offline "
+            f"({time.monotonic() - started:.1f} s after ofnotify started)"
+        )
+        for user in senders:
+            self.clients.append(await connect_client(server, user, PASSWORD, op_timeout=30))
+        rcpt_jids = [f"{user}@{server.domain}" for user in recipients]
+
+        # Warm-up: OAuth token, SQLAlchemy statement caches, TCP connections.
+        if args.warmup:
+            self.progress(f"warm-up: {args.warmup} message(s)")
+            warm = [self.stanza(rcpt_jids[i % len(rcpt_jids)], WARMUP_PREFIX, i) for i in
+                    range(args.warmup)]
+            for i, raw in enumerate(warm):
+                self.clients[i % len(self.clients)].xmpp.send_raw(raw)
+            await self.wait_for(lambda: self.count(WARMUP_PREFIX), args.warmup, idle=20.0,
+                                limit=60.0)
+            await asyncio.sleep(1.0)  # let ofnotify record the last outcomes
+
+        n = args.n
+        stanzas = [self.stanza(rcpt_jids[i % len(rcpt_jids)], BODY_PREFIX, i) for i in range(n)]
+        sent_mono = [0.0] * n
+        sent_wall = [0.0] * n
+        fake_before = len(self.fake.requests)
+        self.start_profiler()
+        before = self.cpu_snapshot()
+        self.progress(
+            f"sending {n} messages at {'max speed' if args.rate <= 0 else f'{args.rate:g}/s'} "
+            f"from {len(self.clients)} sender(s) to {len(rcpt_jids)} recipient(s)"
+        )
+        send_started = time.monotonic()
+        if args.rate > 0:
+            interval = 1.0 / args.rate
+            for i in range(n):
+                delay = send_started + i * interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent_mono[i], sent_wall[i] = time.monotonic(), time.time()
+                self.clients[i % len(self.clients)].xmpp.send_raw(stanzas[i])
+        else:
+            for i in range(n):
+                if i % args.burst == 0:
+                    await asyncio.sleep(0)  # let the transports drain and the fake answer
+                sent_mono[i], sent_wall[i] = time.monotonic(), time.time()
+                self.clients[i % len(self.clients)].xmpp.send_raw(stanzas[i])
+        send_done = time.monotonic()
+        # A server handles one client stream in order: after these round trips every
+        # message has been routed (stored offline, publish sent to the component).
+        await asyncio.gather(*(client.round_trip() for client in self.clients))
+        server_done = time.monotonic()
+
+        arrived = await self.wait_for(
+            lambda: self.count(BODY_PREFIX), n, idle=args.idle_timeout, limit=args.timeout
+        )
+        after = self.cpu_snapshot()
+        hwm_kb = status_kb(self.proc.pid, "VmHWM")
+        rss_kb = status_kb(self.proc.pid, "VmRSS")
+        threads = status_kb(self.proc.pid, "Threads")
+        self.stop_profiler()
+        await asyncio.sleep(0.5)  # the last outcomes reach the database
+        exit_code = await self.stop_ofnotify()
+        requests = self.fake.requests[fake_before:]
+
+        return self.report(
+            requests=requests,
+            sent_mono=sent_mono,
+            sent_wall=sent_wall,
+            send_started=send_started,
+            send_done=send_done,
+            server_done=server_done,
+            arrived=arrived,
+            before=before,
+            after=after,
+            hwm_kb=hwm_kb,
+            rss_kb=rss_kb,
+            threads=threads,
+            exit_code=exit_code,
+        )
+
+    def cleanup(self) -> None:
+        """Idempotent; runs after success, errors and Ctrl-C alike."""
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                client.xmpp.abort()
+        self.clients.clear()
+        self.stop_profiler()
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.cleanup()
+            self.server = None
+        if self.fake is not None:
+            with contextlib.suppress(Exception):
+                self.fake.stop()
+            self.fake = None
+        if self.args.keep:
+            print(f"kept {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- ofnotify ----------------------------------------------------------------------
+
+    def write_ofnotify_config(self, server: XmppServer) -> None:
+        assert self.fake is not None
+        write_config(
+            self.config_path,
+            server,
+            self.fake,
+            privacy={"include_sender": True, "include_body": True},
+        )
+        config = yaml.safe_load(self.config_path.read_text())
+        if self.args.concurrency:
+            config["channels"]["phone"]["concurrency"] = self.args.concurrency
+        if self.args.batch_size:
+            config["delivery"]["batch_size"] = self.args.batch_size
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def start_ofnotify(self) -> None:
+        with self.ofnotify_log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*OFNOTIFY_CMD, "run", "--config", str(self.config_path),
+                 "--log-level", self.args.log_level],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: Ctrl-C here reaches only us; cleanup() stops it.
+                start_new_session=True,
+            )
+        self.progress(f"ofnotify started, pid {self.proc.pid}, log {self.ofnotify_log}")
+
+    async def stop_ofnotify(self) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return await asyncio.to_thread(proc.wait)
+
+    def start_profiler(self) -> None:
+        if not self.args.profile or self.proc is None:
+            return
+        path = Path(self.args.profile).resolve()
+        fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(path.suffix, "raw")
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            raise RuntimeError("--profile needs py-spy: pip install py-spy")
+        cmd = [py_spy, "record", "--pid", str(self.proc.pid), "--rate", "200", "--format",
+               fmt, "--output", str(path), "--nonblocking"]
+        if self.args.profile_idle:
+            cmd.append("--idle")
+        self.profiler = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "py-spy.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        time.sleep(0.5)  # attached before the load starts
+        self.progress(f"py-spy recording ofnotify to {path}")
+
+    def stop_profiler(self) -> None:
+        profiler, self.profiler = self.profiler, None
+        if profiler is None or profiler.poll() is not None:
+            return
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            profiler.wait(30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            profiler.wait()
+
+    # -- XMPP --------------------------------------------------------------------------
+
+    async def register_recipient(self, user: str, index: int, *, first: bool) -> None:
+        assert self.server is not None and self.proc is not None
+        server = self.server
+        client = await connect_client(server, user, PASSWORD, op_timeout=30)
+        self.clients.append(client)
+        fields = {"token": f"bench-token-{index:04d}", "device-id": "bench-device"}
+        deadline = time.monotonic() + (60 if first else 10)
+        while True:
+            # Until ofnotify's component is connected, the server answers with an error.
+            try:
+                result = await client.run_command(
+                    server.component_jid, "register-push-fcm", fields
+                )
+                break
+            except (XmppError, TimeoutError) as exc:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"ofnotify exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    ) from exc
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"register-push-fcm kept failing ({exc}):\n{self.log_tail()}"
+                    ) from exc
+                await asyncio.sleep(0.2)
+        values = {k: str(v) for k, v in result["fields"].items()}
+        await client.enable_push(values["jid"], values["node"], values["secret"])
+        await client.go_offline()
+        self.clients.remove(client)
+        # Keep it referenced: slixmpp leaves a task pending that would be garbage
+        # collected with a "Task was destroyed" warning.
+        self.offline.append(client)
+
+    def stanza(self, to: str, prefix: str, seq: int) -> str:
+        return (
+            f"<message to={quoteattr(to)} type='chat' id='b{prefix[0]}{seq}'>"
+            f"<body>{escape(f'{prefix}{seq}')}</body></message>"
+        )
+
+    def count(self, prefix: str) -> int:
+        assert self.fake is not None
+        return sum(1 for r in self.fake.requests if seq_of(request_body(r), prefix) is not None)
+
+    async def wait_for(
+        self, counter: Any, target: int, *, idle: float, limit: float
+    ) -> int:
+        """Wait until counter() reaches target, or made no progress for `idle` s."""
+        deadline = time.monotonic() + limit
+        last, last_change = -1, time.monotonic()
+        while True:
+            now = time.monotonic()
+            current = counter()
+            if current >= target:
+                return current
+            if current != last:
+                last, last_change = current, now
+            if now - last_change > idle or now > deadline:
+                self.progress(f"gave up waiting: {current} of {target} arrived")
+                return current
+            if self.proc is not None and self.proc.poll() is not None:
+                self.progress(f"ofnotify exited with {self.proc.returncode}")
+                return current
+            await asyncio.sleep(0.1 if target - current < 100 else 0.5)
+
+    # -- measuring ---------------------------------------------------------------------
+
+    def server_pgrp(self) -> int | None:
+        server = self.server
+        if server is None:
+            return None
+        for name in ("prosody.pid", "ejabberd.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int((server.rundir / name).read_text().strip())
+                return os.getpgid(pid)
+        return None
+
+    def cpu_snapshot(self) -> CpuSnapshot:
+        assert self.proc is not None
+        pgrp = self.server_pgrp()
+        return CpuSnapshot(
+            at=time.monotonic(),
+            ofnotify=cpu_seconds(self.proc.pid),
+            server=group_cpu_seconds(pgrp) if pgrp is not None else float("nan"),
+            generator=self_cpu_seconds(),
+        )
+
+    def outbox_times(self) -> dict[int, float]:
+        """seq -> wall time the outbox row was committed (ofnotify accepted the publish)."""
+        db = self.workdir / "ofnotify.db"
+        out: dict[int, float] = {}
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            for payload, created in conn.execute("SELECT payload, created_at FROM outbox"):
+                seq = seq_of(json.loads(payload).get("body"))
+                if seq is not None:
+                    stamp = dt.datetime.fromisoformat(created).replace(tzinfo=dt.UTC)
+                    out.setdefault(seq, stamp.timestamp())
+        return out
+
+    def log_levels(self) -> Counter[str]:
+        levels: Counter[str] = Counter()
+        with contextlib.suppress(OSError):
+            for line in self.ofnotify_log.read_text(errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) > 2 and parts[2] in ("DEBUG", "INFO", "WARNING", "ERROR",
+                                                   "CRITICAL"):
+                    levels[parts[2]] += 1
+        return levels
+
+    def log_tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.ofnotify_log.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def report(
+        self,
+        *,
+        requests: list[FcmRequest],
+        sent_mono: list[float],
+        sent_wall: list[float],
+        send_started: float,
+        send_done: float,
+        server_done: float,
+        arrived: int,
+        before: CpuSnapshot,
+        after: CpuSnapshot,
+        hwm_kb: int | None,
+        rss_kb: int | None,
+        threads: int | None,
+        exit_code: int | None,
+    ) -> Results:
+        args, n = self.args, self.args.n
+        assert self.server is not None
+        out = Results()
+        seen: set[int] = set()
+        latencies: list[float] = []
+        ingest_to_fcm: list[float] = []
+        bench_requests: list[FcmRequest] = []
+        duplicates = 0
+        outbox = {}
+        with contextlib.suppress(Exception):
+            outbox = self.outbox_times()
+        send_to_ingest = [
+            (outbox[s] - sent_wall[s]) * 1000 for s in outbox if 0 <= s < n
+        ]
+        for request in requests:
+            seq = seq_of(request_body(request))
+            if seq is None or not 0 <= seq < n:
+                continue
+            bench_requests.append(request)
+            if seq in seen:
+                duplicates += 1
+                continue
+            seen.add(seq)
+            latencies.append((request.received_at - sent_mono[seq]) * 1000)
+            if seq in outbox:
+                ingest_to_fcm.append((request.received_at_wall - outbox[seq]) * 1000)
+        statuses = Counter(r.status for r in bench_requests)
+        first = min((r.received_at for r in bench_requests), default=float("nan"))
+        last = max((r.received_at for r in bench_requests), default=float("nan"))
+        span = last - first
+        rate = (len(bench_requests) - 1) / span if len(bench_requests) > 1 and span > 0 else 0.0
+        offered = (n - 1) / (send_done - send_started) if send_done > send_started else 0.0
+        window = after.at - before.at
+        lat_sorted = sorted(latencies)
+        p99 = percentile(lat_sorted, 0.99) if lat_sorted else float("nan")
+        hwm_mb = hwm_kb / 1024 if hwm_kb is not None else float("nan")
+
+        rate_label = "as fast as possible" if args.rate <= 0 else f"{args.rate:g} msg/s"
+        out.add("")
+        out.add(f"ofnotify push benchmark — {self.server.name}, N={n}, rate {rate_label}, "
+                f"{args.senders} sender(s) → {args.recipients} recipient(s)")
+        out.add(f"machine: {os.cpu_count()} cores, shared by the XMPP server, ofnotify and this "
+                "load generator (which also runs the fake FCM); figures are for the whole chain")
+        out.add("")
+        out.add(f"sent            {n} messages in {send_done - send_started:.2f} s "
+                f"(offered {offered:,.0f} msg/s); server routed all after "
+                f"{server_done - send_started:.2f} s")
+        out.add(f"FCM requests    {len(seen)} of {n} messages arrived"
+                + (f" ({duplicates} duplicate requests)" if duplicates else "")
+                + ("" if len(seen) == n else f" — {n - len(seen)} MISSING"))
+        out.add("  by status     " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+                if statuses else "  by status     none")
+        target_rate = f"target ≥ {TARGET_RATE:,.0f}/s with --rate 0"
+        out.add(f"throughput      {rate:8,.0f} notifications/s sustained (first→last FCM request, "
+                f"{span:.2f} s)   [{target_rate}]")
+        out.add(f"latency         {distribution(latencies)}   send → FCM request "
+                f"[target p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT_RATE:.0f}/s]")
+        out.add(f"  send→ingest   {distribution(send_to_ingest)}   message send → outbox row "
+                "committed (XMPP server + ofnotify intake)")
+        out.add(f"  ingest→FCM    {distribution(ingest_to_fcm)}   outbox row → FCM request "
+                "(ofnotify dispatcher + pyfcm)")
+        out.add(f"ofnotify RSS    peak {hwm_mb:6.1f} MB (VmHWM), now "
+                f"{(rss_kb or 0) / 1024:.1f} MB, {threads} threads   [target < {TARGET_RSS_MB:.0f} MB]")
+        ofn_cpu = after.ofnotify - before.ofnotify
+        srv_cpu = after.server - before.server
+        gen_cpu = after.generator - before.generator
+        out.add(f"CPU             ofnotify {ofn_cpu:6.2f} s total since start "
+                f"{after.ofnotify:.2f} s; during the {window:.2f} s measured window:")
+        for name, used in (("ofnotify", ofn_cpu), (self.server.name, srv_cpu),
+                           ("generator+fake FCM", gen_cpu)):
+            out.add(f"  {name:<18} {used:6.2f} s  = {used / window * 100 if window else 0:5.1f}% "
+                    "of one core")
+        total = ofn_cpu + srv_cpu + gen_cpu
+        cores = os.cpu_count() or 1
+        out.add(f"  {'all':<18} {total:6.2f} s  = {total / window * 100 if window else 0:5.1f}% "
+                f"of {cores * 100}% available")
+        if len(seen):
+            out.add(f"  ofnotify CPU per notification: {ofn_cpu / len(seen) * 1e3:.2f} ms")
+        levels = self.log_levels()
+        out.add(f"ofnotify log    {dict(sorted(levels.items()))}, exit code {exit_code}")
+        if levels.get("WARNING") or levels.get("ERROR") or levels.get("CRITICAL"):
+            bad = [
+                line for line in self.ofnotify_log.read_text(errors="replace").splitlines()
+                if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
+            ]
+            for line in bad[:5]:
+                out.add(f"  {line[:160]}")
+        if args.profile:
+            out.add(f"profile         {Path(args.profile).resolve()}")
+        out.figures = {
+            "server": self.server.name, "n": n, "rate": args.rate, "senders": args.senders,
+            "recipients": args.recipients, "arrived": len(seen), "duplicates": duplicates,
+            "statuses": dict(statuses), "notifications_per_s": rate, "span_s": span,
+            "latency_ms": {q: percentile(lat_sorted, v) for q, v in
+                           (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))},
+            "p99_ms": p99, "rss_peak_mb": hwm_mb, "cpu_s": {
+                "ofnotify": ofn_cpu, "server": srv_cpu, "generator": gen_cpu, "window": window},
+            "arrived_total_counter": arrived,
+        }
+        return out
+
+    def progress(self, text: str) -> None:
+        if not self.args.quiet:
+            print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.push_throughput",
+        description="Measure ofnotify's push throughput and latency against a real XMPP "
+        "server and a local FCM stand-in (measures only; asserts nothing).",
+    )
+    parser.add_argument("--n", type=int, default=5000, help="messages to send (default 5000)")
+    parser.add_argument("--rate", type=float, default=500.0,
+                        help="messages/s to offer; 0 = as fast as possible (default 500)")
+    parser.add_argument("--server", choices=["prosody", "ejabberd"], default="prosody")
+    parser.add_argument("--senders", type=int, default=2, help="sending clients (default 2)")
+    parser.add_argument("--recipients", type=int, default=4,
+                        help="offline recipients with push enabled (default 4)")
+    parser.add_argument("--warmup", type=int, default=100,
+                        help="messages sent and awaited before measuring (default 100)")
+    parser.add_argument("--burst", type=int, default=100,
+                        help="with --rate 0: messages written between event-loop yields")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="upper bound in s on waiting for the FCM requests")
+    parser.add_argument("--idle-timeout", type=float, default=20.0,
+                        help="stop waiting after this many s without a new FCM request")
+    parser.add_argument("--server-log", choices=["debug", "info"], default="info",
+                        help="Prosody's log level (the test suite uses debug; default info)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="ofnotify's --log-level (default INFO, as in production)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="override channels.phone.concurrency (ofnotify default 16)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override delivery.batch_size (ofnotify default 256)")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="record ofnotify with py-spy during the measured phase")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="with --profile: include idle (waiting) threads")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="also write the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.senders < 1 or args.recipients < 1 or args.burst < 1:
+        parser.error("--n, --senders, --recipients and --burst must be ≥ 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = PushBench(args)
+    try:
+        results = asyncio.run(bench.run())
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        bench.cleanup()
+    print("\n".join(results.lines), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results.figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

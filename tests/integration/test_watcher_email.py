@@ -1,0 +1,393 @@
+"""Issue 3 end to end: Openfire's tables in real PostgreSQL, real SMTP, real ofnotify.
+
+An XMPP server (Prosody) is running because the service needs its component stream;
+Openfire's side is played by writing its tables exactly as Openfire does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import make_url
+
+from component.config import load_config
+from tests.support.fake_fcm import FakeFcm
+from tests.support.ofnotify_process import OfnotifyProcess
+from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
+from tests.support.openfire_db import OpenfireDb, displayed_stanza
+from tests.support.postgres import PostgresServer
+from tests.support.smtp_server import SmtpServer
+from tests.support.xmpp_client import connect_client
+from tests.support.xmpp_servers import XmppServer
+
+pytestmark = pytest.mark.integration
+
+DOMAIN = "example.test"  # Prosody's domain doubles as Openfire's here
+JENNY = f"jenny@{DOMAIN}"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openfire_db(postgres_server: PostgresServer, postgres_db: str) -> OpenfireDb:
+    name = make_url(postgres_db).database
+    db = OpenfireDb(
+        postgres_server.url(name, None).replace("postgresql+psycopg", "postgresql"), DOMAIN
+    )
+    db.create_tables()
+    db.add_user("jenny", "Jenny", "jenny@mail.example")
+    db.add_user("michael", "Michael", "michael@mail.example")
+    db.add_user("soyeon", "소연", "soyeon@mail.example")
+    return db
+
+
+def configure(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    *,
+    delay: str = "1s",
+    rules: list[dict[str, Any]] | None = None,
+    **sections: Any,
+) -> Path:
+    return write_config(
+        tmp_path / "of.yaml",
+        prosody,
+        fake_fcm,
+        privacy={"include_sender": True, "include_body": True},
+        channels={
+            "phone": {
+                "type": "fcm",
+                "project_id": fake_fcm.project_id,
+                "service_account_file": str(fake_fcm.service_account_path),
+                "endpoint": fake_fcm.base_url,
+            },
+            "mail": {
+                "type": "email",
+                "host": "127.0.0.1",
+                "port": smtp.port,
+                "security": "none",
+                "sender": "Chat <chat@example.test>",
+                "timeout": "5s",
+            },
+        },
+        rules=rules
+        or [
+            {
+                "event": "offline_message",
+                "channel": "mail",
+                "delay": delay,
+                "digest": True,
+                "min_interval": "1h",
+            }
+        ],
+        openfire={
+            "database_url": postgres_db,
+            "domain": DOMAIN,
+            "poll_interval": "0.2s",
+            "push_grace": "1s",
+        },
+        **sections,
+    )
+
+
+def mails_to(smtp: SmtpServer, address: str) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(m.data, policy=email.policy.default)  # type: ignore[misc]
+        for m in smtp.messages
+        if address in m.rcpt_tos
+    ]
+
+
+def text_part(message: email.message.EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return part.get_content()
+
+
+async def watcher_caught_up(service: Any) -> None:
+    await wait_for(lambda: service.watcher and service.watcher.last_success, what="a watcher poll")
+
+
+async def test_three_messages_one_digest(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db)
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        for i in range(3):
+            openfire_db.store_chat("jenny", "michael", f"message <{i}> & more", f"m{i}")
+        await wait_for(lambda: mails_to(smtp, "jenny@mail.example"), timeout=15, what="the digest")
+        await asyncio.sleep(1.5)  # nothing else may follow
+    [mail] = mails_to(smtp, "jenny@mail.example")
+    assert mail["Subject"] == "3 new messages from Michael"
+    text = text_part(mail)
+    for i in range(3):
+        assert f"message <{i}> & more" in text
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "message &lt;0&gt; &amp; more" in html
+    log = await delivery_log(load_config(config))
+    assert [e.status for e in log if e.channel == "mail"] == ["delivered"]
+
+
+async def test_delivered_before_the_delay_sends_nothing(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="3s")
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_chat("jenny", "michael", "hello", "m1")
+        await wait_for(lambda: _pending(config), what="a pending digest")
+        openfire_db.deliver_all("jenny")  # jenny came online
+        await wait_for(lambda: _logged(config, "cancelled"), what="the cancellation")
+        await asyncio.sleep(3.5)
+    assert mails_to(smtp, "jenny@mail.example") == []
+    await _cancelled_before_due(config)
+
+
+async def _cancelled_before_due(config: Path) -> None:
+    """Cancelled when the delivery/marker was seen, not at send time."""
+    [entry] = [e for e in await delivery_log(load_config(config)) if e.status == "cancelled"]
+    assert entry.error == "messages were read or delivered before sending"
+
+
+async def test_displayed_marker_cancels(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="3s")
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_chat("jenny", "michael", "one", "m1")
+        openfire_db.store_chat("jenny", "michael", "two", "m2")
+        await wait_for(lambda: _pending(config), what="a pending digest")
+        # Jenny read both on another client; her marker waits for offline michael.
+        openfire_db.store_offline(
+            "michael", displayed_stanza(f"michael@{DOMAIN}", f"{JENNY}/phone", "m2")
+        )
+        await wait_for(lambda: _logged(config, "cancelled"), what="the cancellation")
+        await asyncio.sleep(3.5)
+    assert mails_to(smtp, "jenny@mail.example") == []
+    await _cancelled_before_due(config)
+
+
+async def test_malformed_row_is_skipped_others_notified(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db)
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_offline(
+            "jenny", "<message type='chat' from='michael@example.test'><body>trunc"
+        )
+        openfire_db.store_chat("jenny", "michael", "fine", "m2")
+        await wait_for(lambda: mails_to(smtp, "jenny@mail.example"), timeout=15, what="the digest")
+    [mail] = mails_to(smtp, "jenny@mail.example")
+    assert "fine" in text_part(mail)
+    assert mail["Subject"] == "New message from Michael"
+    skipped = [r for r in caplog.records if "skipping ofOffline row" in r.getMessage()]
+    assert len(skipped) == 1 and "jenny" in skipped[0].getMessage()
+
+
+async def test_smtp_451_is_retried_550_fails_visibly(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    openfire_db.add_user("gone", "Gone", "gone@mail.example")
+    config = configure(
+        tmp_path,
+        prosody,
+        fake_fcm,
+        smtp,
+        postgres_db,
+        delivery={"max_attempts": 5, "backoff_initial": "0.3s", "backoff_max": "1s"},
+    )
+    smtp.fail_rcpt(451, "4.3.0 try later", times=2)
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_chat("jenny", "michael", "hi", "m1")
+        await wait_for(
+            lambda: mails_to(smtp, "jenny@mail.example"), timeout=20, what="the retried mail"
+        )
+        smtp.fail_rcpt(550, "5.1.1 no such user", times=None)
+        openfire_db.store_chat("gone", "michael", "hi", "m2")
+        await wait_for(lambda: _logged(config, "failed"), timeout=15, what="the 550")
+    assert len(mails_to(smtp, "jenny@mail.example")) == 1
+    log = [e for e in await delivery_log(load_config(config)) if e.channel == "mail"]
+    jenny = [e.status for e in log if e.account == JENNY]
+    assert jenny == ["retry", "retry", "delivered"]
+    [failed] = [e for e in log if e.status == "failed"]
+    assert failed.account == f"gone@{DOMAIN}" and "550" in (failed.error or "")
+
+
+async def test_no_address_is_a_logged_skip(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    openfire_db.add_user("noemail", "No Email", None)
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="0s")
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_chat("noemail", "michael", "hi", "m1")
+        await wait_for(lambda: _logged(config, "skipped"), what="the skip")
+    [entry] = [e for e in await delivery_log(load_config(config)) if e.status == "skipped"]
+    assert "no email address" in (entry.error or "")
+    assert smtp.messages == []
+
+
+async def test_korean_locale_and_address_override(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    config = configure(
+        tmp_path,
+        prosody,
+        fake_fcm,
+        smtp,
+        postgres_db,
+        delay="0s",
+        accounts={JENNY: {"email": "jenny@elsewhere.example", "locale": "ko"}},
+    )
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_chat("jenny", "soyeon", "안녕하세요", "k1")
+        openfire_db.store_chat("jenny", "soyeon", "잘 지내요?", "k2")
+        await wait_for(
+            lambda: mails_to(smtp, "jenny@elsewhere.example"), timeout=15, what="the mail"
+        )
+    [mail] = mails_to(smtp, "jenny@elsewhere.example")
+    assert mail["Subject"] == "소연님의 새 메시지 2개"
+    assert "안녕하세요" in text_part(mail)
+    assert mails_to(smtp, "jenny@mail.example") == []
+
+
+async def test_one_push_when_watcher_and_xep0357_both_see_it(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    prosody.register("jenny", "pw")
+    prosody.register("michael", "pw")
+    config = configure(
+        tmp_path,
+        prosody,
+        fake_fcm,
+        smtp,
+        postgres_db,
+        rules=[{"event": "offline_message", "channel": "phone"}],
+    )
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        jenny = await connect_client(prosody, "jenny", "pw")
+        result = await jenny.run_command(
+            prosody.component_jid, "register-push-fcm", {"token": "tok-jenny", "device-id": "d1"}
+        )
+        fields = {k: str(v) for k, v in result["fields"].items()}
+        await jenny.enable_push(fields["jid"], fields["node"], fields["secret"])
+        await jenny.go_offline()
+        openfire_db.user_logged_out("jenny")
+        michael = await connect_client(prosody, "michael", "pw")
+        await michael.send_chat(JENNY, "one message")  # the server publishes (XEP-0357)...
+        openfire_db.store_chat("jenny", "michael", "one message", "x1")  # ...and stores it
+        await fake_fcm.wait_for_requests(1, timeout=10)
+        await wait_for(lambda: _logged(config, "cancelled"), timeout=10, what="the duplicate")
+        await asyncio.sleep(1.0)
+        assert len(fake_fcm.requests) == 1
+        await michael.go_offline()
+    [cancelled] = [e for e in await delivery_log(load_config(config)) if e.status == "cancelled"]
+    assert "already pushed" in (cancelled.error or "")
+
+
+async def test_killed_and_restarted_still_one_email(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="2s")
+    process = OfnotifyProcess(config, tmp_path / "ofnotify.log")
+    process.start()
+    try:
+        await wait_for(lambda: "watcher starts fresh" in process.log(), what="the watcher start")
+        openfire_db.store_chat("jenny", "michael", "before the kill", "b1")
+        await wait_for(lambda: _pending(config), what="a pending digest")
+        process.kill()
+        openfire_db.store_chat("jenny", "michael", "while it was down", "b2")
+        process.start()
+        await wait_for(lambda: mails_to(smtp, "jenny@mail.example"), timeout=20, what="the digest")
+        await asyncio.sleep(2.5)
+        assert process.terminate() == 0
+    finally:
+        process.kill()
+    [mail] = mails_to(smtp, "jenny@mail.example")
+    text = text_part(mail)
+    assert "before the kill" in text and "while it was down" in text
+
+
+async def _logged(config: Path, status: str) -> bool:
+    return any(e.status == status for e in await delivery_log(load_config(config)))
+
+
+async def _pending(config: Path) -> bool:
+    from sqlalchemy import func, select
+
+    from component.store import OutboxItem, make_engine
+
+    engine = make_engine(load_config(config).storage.url)
+    try:
+        async with engine.connect() as conn:
+            stmt = (
+                select(func.count()).select_from(OutboxItem).where(OutboxItem.status == "pending")
+            )
+            return bool((await conn.execute(stmt)).scalar_one())
+    finally:
+        await engine.dispose()
