@@ -9,19 +9,16 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import make_url
 
 from component.config import load_config
 from tests.support.fake_fcm import FakeFcm
 from tests.support.ofnotify_process import OfnotifyProcess
 from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
 from tests.support.openfire_db import OpenfireDb, displayed_stanza
-from tests.support.postgres import PostgresServer
 from tests.support.smtp_server import SmtpServer
 from tests.support.xmpp_client import connect_client
 from tests.support.xmpp_servers import XmppServer
@@ -30,25 +27,6 @@ pytestmark = pytest.mark.integration
 
 DOMAIN = "example.test"  # Prosody's domain doubles as Openfire's here
 JENNY = f"jenny@{DOMAIN}"
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def openfire_db(postgres_server: PostgresServer, postgres_db: str) -> OpenfireDb:
-    name = make_url(postgres_db).database
-    db = OpenfireDb(
-        postgres_server.url(name, None).replace("postgresql+psycopg", "postgresql"), DOMAIN
-    )
-    db.create_tables()
-    db.add_user("jenny", "Jenny", "jenny@mail.example")
-    db.add_user("michael", "Michael", "michael@mail.example")
-    db.add_user("soyeon", "소연", "soyeon@mail.example")
-    return db
 
 
 def configure(

@@ -18,9 +18,6 @@ from tests.support.xmpp_servers import XmppServer
 
 pytestmark = pytest.mark.integration
 
-# The fixtures come from test_watcher_email; pytest needs them importable here.
-from tests.integration.test_watcher_email import openfire_db, smtp  # noqa: E402, F401
-
 
 async def test_openfire_database_outage_then_catch_up(
     tmp_path: Path,
@@ -54,7 +51,7 @@ async def test_ids_below_the_high_water_mark_are_still_seen(
     fake_fcm: FakeFcm,
     smtp: SmtpServer,
     postgres_db: str,
-    openfire_db: OpenfireDb,  # noqa: F811
+    openfire_db: OpenfireDb,
 ) -> None:
     """Clustered Openfire: each node draws IDs from its own block."""
     config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="0s")

@@ -14,11 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from tests.support.fake_fcm import FakeFcm
+from tests.support.openfire_db import OpenfireDb
 from tests.support.postgres import PostgresServer
+from tests.support.smtp_server import SmtpServer
 
-__all__ = ["fake_fcm", "postgres_db", "postgres_server"]
+__all__ = ["fake_fcm", "openfire_db", "postgres_db", "postgres_server", "smtp"]
+
+# Prosody's domain doubles as Openfire's in tests that use both.
+OPENFIRE_TEST_DOMAIN = "example.test"
 
 
 @pytest.fixture
@@ -58,3 +64,22 @@ def postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
         # The test stopped the shared cluster; bring it back for the tests after it.
         postgres_server.start()
     postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A capturing SMTP server (aiosmtpd) on a free loopback port."""
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openfire_db(postgres_server: PostgresServer, postgres_db: str) -> OpenfireDb:
+    """Openfire's tables in a fresh database, with users jenny, michael and soyeon."""
+    name = make_url(postgres_db).database
+    db = OpenfireDb(postgres_server.url(name, None), OPENFIRE_TEST_DOMAIN)
+    db.create_tables()
+    db.add_user("jenny", "Jenny", "jenny@mail.example")
+    db.add_user("michael", "Michael", "michael@mail.example")
+    db.add_user("soyeon", "소연", "soyeon@mail.example")
+    return db
