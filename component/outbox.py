@@ -39,7 +39,10 @@ async def enqueue(session: AsyncSession, rows: Sequence[OutboxItem]) -> list[int
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     now = utcnow()
     for row in rows:
-        values: dict[str, Any] = {c: getattr(row, c) for c in _COLUMNS}
+        # Unset attributes are left out so that the columns' defaults apply.
+        values: dict[str, Any] = {
+            c: getattr(row, c) for c in _COLUMNS if getattr(row, c) is not None
+        }
         values.update(status=OutboxStatus.PENDING, created_at=now, attempts=0)
         stmt = (
             insert(OutboxItem)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import re
 import ssl
@@ -321,7 +322,12 @@ def recipient_address(address: str, name: str | None) -> Address:
 
 
 def build_message(
-    rendered: RenderedEmail, *, sender: str, to: Address, app_url: str | None
+    rendered: RenderedEmail,
+    *,
+    sender: str,
+    to: Address,
+    app_url: str | None,
+    message_id: str | None = None,
 ) -> EmailMessage:
     # policy.SMTP: CRLF line ends and RFC 2047 encoding of non-ASCII header text.
     message = EmailMessage(policy=policy.SMTP)
@@ -329,7 +335,7 @@ def build_message(
     message["From"] = sender
     message["To"] = to
     message["Date"] = dt.datetime.now(dt.UTC)
-    message["Message-ID"] = make_msgid("ofnotify", domain=_domain_of(sender))
+    message["Message-ID"] = message_id or make_msgid("ofnotify", domain=_domain_of(sender))
     # RFC 3834 §5: vacation responders must not answer; the header Exchange honours.
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
@@ -338,6 +344,13 @@ def build_message(
     message.set_content(rendered.text)
     message.add_alternative(rendered.html, subtype="html")
     return message
+
+
+def stable_message_id(notification: Notification, sender: str) -> str:
+    """The same notification keeps its Message-ID across retries and restarts, so a
+    duplicate after a crash (at-least-once) is recognisable by mail clients."""
+    salt = hashlib.sha256(f"{notification.account}:{notification.outbox_id}".encode()).hexdigest()
+    return f"<ofnotify.{notification.outbox_id}.{salt[:12]}@{_domain_of(sender)}>"
 
 
 def _domain_of(sender: str) -> str:
@@ -436,6 +449,7 @@ class EmailNotifier(Notifier):
             sender=self._config.sender,
             to=to,
             app_url=self._config.app_url,
+            message_id=stable_message_id(notification, self._config.sender),
         )
 
     async def send(self, notification: Notification) -> SendResult:

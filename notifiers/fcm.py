@@ -174,6 +174,8 @@ class FcmNotifier(Notifier):
     def build_data(notification: Notification) -> dict[str, str]:
         """FCM data messages carry string values only."""
         data = {
+            # Stable across retries: the app can drop a duplicate after a crash.
+            "notification_id": str(notification.outbox_id),
             "account": notification.account,
             "conversation": notification.conversation,
             "message_count": str(notification.message_count),

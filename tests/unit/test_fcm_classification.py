@@ -79,6 +79,7 @@ def test_every_documented_code_is_classified() -> None:
 def test_data_payload_respects_what_it_is_given() -> None:
     n = Notification(1, "alice@example.test", "tok", "bob@example.test", message_count=2)
     assert FcmNotifier.build_data(n) == {
+        "notification_id": "1",
         "account": "alice@example.test",
         "conversation": "bob@example.test",
         "message_count": "2",
