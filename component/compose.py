@@ -222,8 +222,9 @@ class Composer:
         return info.name if info else None
 
 
-async def finish_digest(session: AsyncSession, row: OutboxItem, delivered_or_moot: bool) -> None:
-    """A digest left the queue: free its 'open' slot, and open a new one if more arrived.
+async def finish_open_row(session: AsyncSession, row: OutboxItem, delivered_or_moot: bool) -> None:
+    """An 'open' row (a digest, or pushes folded by the rate limit) left the queue: free
+    its key for the next one, and for a digest open a new one if more arrived.
 
     After a failure no follow-up is opened (it would retry the same mail forever); the
     unread messages join the next digest that a new message opens.
@@ -234,7 +235,7 @@ async def finish_digest(session: AsyncSession, row: OutboxItem, delivered_or_moo
     await session.execute(
         update(OutboxItem).where(OutboxItem.id == row.id).values(dedup_key=closed_key)
     )
-    if not delivered_or_moot:
+    if not delivered_or_moot or not row.payload.get("digest"):
         return
     cursor = await readstate.digest_cursor(session, row.account, row.channel)
     if not await readstate.unread_after(session, row.account, cursor.last_message_id, limit=1):
@@ -258,4 +259,4 @@ async def finish_digest(session: AsyncSession, row: OutboxItem, delivered_or_moo
     await outbox.enqueue(session, [follow_up])
 
 
-__all__ = ["Composer", "Drop", "MessageState", "Ready", "finish_digest"]
+__all__ = ["Composer", "Drop", "MessageState", "Ready", "finish_open_row"]

@@ -166,6 +166,13 @@ class RegistrationsConfig(Strict):
     max_per_account: int = Field(20, ge=1, le=10_000)
 
 
+class LimitsConfig(Strict):
+    # Pushes one account may receive per second (Openfire's own plugin allows 5); more
+    # are not dropped but folded into one push per device and conversation.
+    pushes_per_second: float = Field(5.0, gt=0)
+    push_burst: int = Field(5, ge=1)
+
+
 class DeliveryConfig(Strict):
     max_attempts: int = Field(8, ge=1, le=100)
     backoff_initial: Duration = 2.0
@@ -183,6 +190,7 @@ class Config(Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     registrations: RegistrationsConfig = RegistrationsConfig()
+    limits: LimitsConfig = LimitsConfig()
     openfire: OpenfireConfig | None = None
     # Per-account overrides, keyed by bare JID.
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)

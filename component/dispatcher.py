@@ -22,7 +22,7 @@ from notifiers import Notifier, Outcome, SendResult
 
 from . import outbox, registrations
 from .committer import GroupCommitter
-from .compose import Composer, Drop, Ready, finish_digest
+from .compose import Composer, Drop, Ready, finish_open_row
 from .config import DeliveryConfig
 from .store import OutboxItem, OutboxStatus, utcnow
 
@@ -205,7 +205,7 @@ class Dispatcher:
                 await ready.after_delivery(session)
             if finished is not None:
                 moot = finished in (OutboxStatus.DELIVERED, OutboxStatus.CANCELLED)
-                await finish_digest(session, row, moot)
+                await finish_open_row(session, row, moot)
             await outbox.log_entry(
                 session,
                 at=now,

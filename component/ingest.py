@@ -20,6 +20,7 @@ from . import outbox, readstate
 from .committer import GroupCommitter
 from .events import OfflineMessage
 from .policy import Policy, Skip
+from .ratelimit import TokenBuckets
 from .stanzas import ParsedMessage
 from .store import OutboxItem, Registration, WatcherState, utcnow
 
@@ -55,14 +56,30 @@ class Ingest:
         on_enqueued: Callable[[], None],
         *,
         include_body: bool,
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self._committer = committer
         self._policy = policy
         self._on_enqueued = on_enqueued
         self._include_body = include_body
+        self._buckets = buckets
+
+    def _limit(self, rows: Sequence[OutboxItem]) -> None:
+        """Over the account's push rate, a push waits for the next slot and all pushes
+        for the same device and conversation meanwhile fold into it (same key)."""
+        if self._buckets is None:
+            return
+        for row in rows:
+            if row.registration_id is None:
+                continue  # digests and emails have their own pacing (min_interval)
+            wait = self._buckets.take(row.account)
+            if wait > 0:
+                row.dedup_key = f"push:{row.registration_id}:{row.conversation}:open"
+                row.due_at = max(row.due_at, utcnow() + dt.timedelta(seconds=wait))
 
     async def publish(self, event: OfflineMessage, registration_channel: str) -> list[int]:
         rows, skips = self._policy.decide(event, registration_channel)
+        self._limit(rows)
 
         async def work(session: AsyncSession) -> list[int]:
             ids = await outbox.enqueue(session, rows)
@@ -134,6 +151,7 @@ class Ingest:
         rows, skips = self._policy.decide(
             event, registrations=await _registrations_by_channel(session, seen.account)
         )
+        self._limit(rows)
         await _apply_min_interval(session, rows)
         await _log_skips(session, skips)
         return await outbox.enqueue(session, rows)

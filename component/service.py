@@ -24,6 +24,7 @@ from .dispatcher import Dispatcher
 from .errors import ComponentAuthError
 from .ingest import Ingest
 from .policy import Policy
+from .ratelimit import TokenBuckets
 from .registrations import NodeCache
 from .store import create_schema, make_engine, make_sessionmaker
 from .watcher import Watcher
@@ -96,6 +97,7 @@ class Service:
             Policy(config),
             dispatcher.wake,
             include_body=config.privacy.include_body,
+            buckets=TokenBuckets(config.limits.pushes_per_second, config.limits.push_burst),
         )
         xmpp = Component(config.xmpp)
         self.connection = connection = ComponentConnection(xmpp, config.xmpp)
