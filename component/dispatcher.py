@@ -60,13 +60,23 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._capacity = asyncio.Semaphore(config.batch_size)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight_ids: set[int] = set()
         self._stopping = False
+        self._loop_done = asyncio.Event()
 
     def wake(self) -> None:
         """Something became due now (a new row, a cancelled lease)."""
         self._wakeup.set()
 
     async def run(self) -> None:
+        renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
+        try:
+            await self._loop()
+        finally:
+            self._loop_done.set()
+            renewer.cancel()
+
+    async def _loop(self) -> None:
         while not self._stopping:
             free = self._free_slots()
             rows: list[OutboxItem] = []
@@ -77,6 +87,11 @@ class Dispatcher:
                     log.exception("claiming due notifications failed; retrying shortly")
                     await asyncio.sleep(self._idle_poll)
                     continue
+            if self._stopping:
+                # Stop arrived while claiming: hand the rows back untouched.
+                await self._release([row.id for row in rows])
+                self._in_flight_ids.difference_update(row.id for row in rows)
+                return
             for row in rows:
                 await self._capacity.acquire()
                 task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
@@ -86,9 +101,12 @@ class Dispatcher:
                 await self._sleep_until_due()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Let in-flight sends finish; rows still unsent return to the queue by lease."""
+        """Let in-flight sends finish; rows still unsent return to the queue."""
         self._stopping = True
         self._wakeup.set()
+        # No new sends may start once we look at what is in flight.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._loop_done.wait(), timeout=grace)
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
             for task in pending:
@@ -102,13 +120,28 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._in_flight_ids.discard(int(task.get_name().split("-")[1]))
         self._capacity.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", exc_info=task.exception())
 
     async def _claim(self, limit: int) -> list[OutboxItem]:
         async with self._sessionmaker() as session, session.begin():
-            return await outbox.claim_due(session, limit, self._config.lease)
+            rows = await outbox.claim_due(
+                session, limit, self._config.lease, exclude=self._in_flight_ids
+            )
+        self._in_flight_ids.update(row.id for row in rows)
+        return rows
+
+    async def renew_leases(self) -> None:
+        """While sends wait for a worker, their rows must not look abandoned."""
+        while True:
+            await asyncio.sleep(self._config.lease / 3)
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await outbox.renew_leases(session, set(self._in_flight_ids), self._config.lease)
+            except Exception:
+                log.warning("could not renew leases of rows in flight", exc_info=True)
 
     async def _sleep_until_due(self) -> None:
         timeout = self._idle_poll
@@ -127,6 +160,8 @@ class Dispatcher:
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(timeout, 0.01))
 
     async def _release(self, ids: list[int]) -> None:
+        if not ids:
+            return
         try:
             async with self._sessionmaker() as session, session.begin():
                 await session.execute(

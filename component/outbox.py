@@ -7,7 +7,7 @@ mid-send loses nothing: the lease expires and the row is due again (at-least-onc
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -57,16 +57,24 @@ async def enqueue(session: AsyncSession, rows: Sequence[OutboxItem]) -> list[int
 
 
 async def claim_due(
-    session: AsyncSession, limit: int, lease: float, now: dt.datetime | None = None
+    session: AsyncSession,
+    limit: int,
+    lease: float,
+    now: dt.datetime | None = None,
+    exclude: Collection[int] = (),
 ) -> list[OutboxItem]:
+    """Lease up to `limit` due rows; `exclude` are this process's own rows in flight."""
     now = now or utcnow()
+    conditions = [
+        OutboxItem.status == OutboxStatus.PENDING,
+        OutboxItem.due_at <= now,
+        or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until < now),
+    ]
+    if exclude:
+        conditions.append(OutboxItem.id.notin_(list(exclude)))
     due = (
         select(OutboxItem.id)
-        .where(
-            OutboxItem.status == OutboxStatus.PENDING,
-            OutboxItem.due_at <= now,
-            or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until < now),
-        )
+        .where(*conditions)
         .order_by(OutboxItem.due_at)
         .limit(limit)
         # Several ofnotify processes on one PostgreSQL never claim the same row;
@@ -84,6 +92,17 @@ async def claim_due(
         select(OutboxItem).where(OutboxItem.id.in_(ids)).order_by(OutboxItem.due_at)
     )
     return list(result.scalars())
+
+
+async def renew_leases(session: AsyncSession, ids: Collection[int], lease: float) -> None:
+    """Rows still queued for a sender keep their lease, so nobody else takes them."""
+    if ids:
+        until = utcnow() + dt.timedelta(seconds=lease)
+        await session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(list(ids)), OutboxItem.status == OutboxStatus.PENDING)
+            .values(lease_until=until)
+        )
 
 
 async def next_due_at(session: AsyncSession) -> dt.datetime | None:

@@ -19,6 +19,9 @@ DATAFORM = "jabber:x:data"
 SUMMARY_FORM = "urn:xmpp:push:summary"
 
 MAX_FIELD_CHARS = 4096  # a summary is a hint, not the message: cap what we keep
+# Nodes are ours (`registrations.node`, String(64)): a longer one cannot exist, and must
+# not reach the node cache, which would hold it (30 s, up to 100,000 entries) for anyone.
+MAX_NODE_CHARS = 64
 
 
 class PublishError(ValueError):
@@ -62,6 +65,8 @@ def parse_publish(iq: ET.Element) -> Publish:
     node = publish.get("node") or ""
     if not node:
         raise PublishError("bad-request", "publish without node")
+    if len(node) > MAX_NODE_CHARS:
+        raise PublishError("item-not-found", "no such node")
     item = publish.find(f"{{{PUBSUB}}}item")
     notification = item.find(f"{{{PUSH}}}notification") if item is not None else None
     if notification is None:

@@ -31,6 +31,9 @@ ENCRYPTED_PAYLOADS = {
 }
 MAX_STANZA_CHARS = 2_000_000
 MAX_BODY_CHARS = 4096
+# Stanza ids are stored (missed_messages.stanza_id, String(255)) and matched against
+# marker ids; both are cut the same way, so a longer id still matches its marker.
+MAX_ID_CHARS = 255
 
 
 class StanzaError(ValueError):
@@ -78,7 +81,9 @@ def bare(jid: str) -> str:
     return jid.split("/", 1)[0].lower()
 
 
-def _local(tag: str) -> tuple[str, str]:
+def _local(tag: object) -> tuple[str, str]:
+    if not isinstance(tag, str):  # comments and processing instructions
+        return "", ""
     if tag.startswith("{"):
         ns, _, name = tag[1:].partition("}")
         return ns, name
@@ -90,7 +95,8 @@ def parse_message(stanza: str | bytes) -> ParsedMessage:
         raise StanzaError(f"stanza too large ({len(stanza)} chars)")
     try:
         root = safe_fromstring(stanza, forbid_dtd=True)
-    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
+    # LookupError: bytes declaring an encoding Python does not know (encoding="x").
+    except (ET.ParseError, DefusedXmlException, ValueError, LookupError) as exc:
         raise StanzaError(f"malformed XML: {type(exc).__name__}") from None
     return parse_element(root)
 
@@ -100,6 +106,7 @@ def parse_element(root: ET.Element) -> ParsedMessage:
     if name != "message" or ns not in STANZA_NAMESPACES:
         raise StanzaError(f"not a message stanza: <{name}>")
     body = thread = None
+    body_without_lang = False
     encrypted = markable = receipt_request = False
     marker: Marker | None = None
     receipt_for: str | None = None
@@ -109,10 +116,14 @@ def parse_element(root: ET.Element) -> ParsedMessage:
     chat_states = 0
     for child in root:
         cns, cname = _local(child.tag)
+        if not cname:
+            continue
         if cns == ns and cname == "body":
             # First body without xml:lang wins; otherwise the first body.
-            if body is None or child.get("{http://www.w3.org/XML/1998/namespace}lang") is None:
+            without_lang = child.get("{http://www.w3.org/XML/1998/namespace}lang") is None
+            if body is None or (without_lang and not body_without_lang):
                 body = (child.text or "")[:MAX_BODY_CHARS]
+                body_without_lang = without_lang
             continue
         if cns == ns and cname == "thread":
             thread = (child.text or "").strip() or None
@@ -123,12 +134,12 @@ def parse_element(root: ET.Element) -> ParsedMessage:
             if cname == "markable":
                 markable = True
             elif cname in ("received", "displayed", "acknowledged") and child.get("id"):
-                marker = Marker(cname, child.get("id") or "")
+                marker = Marker(cname, _id(child.get("id")) or "")
         elif cns == RECEIPTS:
             if cname == "request":
                 receipt_request = True
             elif cname == "received":
-                receipt_for = child.get("id")
+                receipt_for = _id(child.get("id"))
         elif cns == HINTS:
             hints.add(cname)
         elif cns == DELAY and cname == "delay":
@@ -142,7 +153,7 @@ def parse_element(root: ET.Element) -> ParsedMessage:
     return ParsedMessage(
         sender=root.get("from") or "",
         recipient=root.get("to") or "",
-        id=root.get("id"),
+        id=_id(root.get("id")),
         type=root.get("type") or "normal",
         thread=thread,
         body=body,
@@ -157,11 +168,19 @@ def parse_element(root: ET.Element) -> ParsedMessage:
     )
 
 
+def _id(value: str | None) -> str | None:
+    return value[:MAX_ID_CHARS] if value is not None else None
+
+
 def _stamp(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     try:
         stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=dt.UTC)
+        # In UTC, as stored; a stamp at the edge of the calendar (year 1 or 9999 with an
+        # offset) has no UTC equivalent and would fail every write of its batch.
+        return stamp.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)

@@ -75,6 +75,16 @@ class _SingleShotFCM(FCMNotification):
         if endpoint:
             self.FCM_END_POINT_BASE = f"{endpoint}/v1/projects"
         self.last_answer = threading.local()
+        self._token_lock = threading.Lock()
+
+    def _get_access_token(self) -> str:
+        # pyfcm refreshes one shared credentials object from every worker thread at
+        # once; unsynchronised, a thread can read the token while another resets it.
+        with self._token_lock:
+            token: str | None = super()._get_access_token()
+        if not token:
+            raise pyfcm_errors.AuthenticationError("no access token after refresh")
+        return token
 
     @property
     def requests_session(self) -> requests.Session:
