@@ -144,7 +144,9 @@ async def test_sigkill_at_random_moments_loses_nothing(
             # Publishes are acknowledged only once queued; wait for all of them before
             # killing, because an XMPP server drops pushes for a missing component.
             await wait_for(
-                lambda: _queued(config, "phone", sent), timeout=30, what="publishes queued"
+                lambda: _queued(config, "phone", sent),  # noqa: B023 - awaited in the loop
+                timeout=30,
+                what="publishes queued",
             )
             await asyncio.sleep(rng.uniform(0.05, 0.6))
             process.kill()
