@@ -53,14 +53,31 @@ def _with_session(config: Config, fn: Callable[[AsyncSession], Awaitable[T]]) ->
     return asyncio.run(go())
 
 
+LEAKY_LIBRARY_LOGGERS = (
+    "slixmpp",
+    "aiosqlite",
+    "sqlalchemy",
+    "asyncpg",
+    "psycopg",
+    "aiosmtplib",
+    "urllib3",
+    "requests",
+    "google",
+    "pyfcm",
+)
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # slixmpp logs whole stanzas at DEBUG: push tokens and publish secrets included.
-    logging.getLogger("slixmpp").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # These libraries log what they carry at DEBUG: whole stanzas (push tokens, publish
+    # secrets), SQL parameters, the SMTP conversation (AUTH), HTTP headers. Our own
+    # DEBUG lines are written to be safe; theirs are not, so they stay at WARNING.
+    for name in LEAKY_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @click.group()

@@ -71,6 +71,8 @@ def load_yaml(text: str, env: Mapping[str, str] | None = None) -> LoadedYaml:
         result.data = _convert(root, (), result, env, budget)
     except _TooLarge as exc:
         return LoadedYaml(None, problems=[exc.problem])
+    if result.data is None:  # `~` or `null` alone: as empty as an empty file
+        result.data = {}
     return result
 
 

@@ -216,7 +216,8 @@ def test_ofproperty_sql_sets_the_component_properties(initialised: Cluster) -> N
     with initialised.connect("postgres", "openfire") as conn:
         conn.execute(
             "INSERT INTO ofProperty VALUES ('xmpp.component.defaultSecret', 'old', 1, "
-            "'abcdefabcdefabcdefabcdef')"
+            "'abcdefabcdefabcdefabcdef') ON CONFLICT (name) DO UPDATE "
+            "SET propValue = 'old', encrypted = 1, iv = 'abcdefabcdefabcdefabcdef'"
         )
     secret = "s'e\"c;r&t $x :y"
     first = initialised.psql("postgres", "openfire", OFPROPERTY_SQL, secret=secret)

@@ -369,3 +369,32 @@ async def _pending(config: Path) -> bool:
             return bool((await conn.execute(stmt)).scalar_one())
     finally:
         await engine.dispose()
+
+
+async def test_hostile_names_and_bodies_cannot_inject(
+    tmp_path: Path,
+    prosody: XmppServer,
+    fake_fcm: FakeFcm,
+    smtp: SmtpServer,
+    postgres_db: str,
+    openfire_db: OpenfireDb,
+) -> None:
+    openfire_db.add_user(
+        "mallory", "Mal\r\nBcc: victim@evil.example\r\nX-Evil: 1 <b>bold</b>", None
+    )
+    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="0s")
+    async with running_service(config) as service:
+        await watcher_caught_up(service)
+        openfire_db.store_chat("jenny", "mallory", "<script>alert(1)</script>\r\nSubject: hi", "h1")
+        await wait_for(lambda: mails_to(smtp, "jenny@mail.example"), timeout=15, what="the mail")
+    [received] = [m for m in smtp.messages if "jenny@mail.example" in m.rcpt_tos]
+    assert received.rcpt_tos == ["jenny@mail.example"]  # no smuggled recipient
+    header_lines = received.data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    names = {line.split(":", 1)[0].lower() for line in header_lines if not line[:1].isspace()}
+    assert "bcc" not in names and "x-evil" not in names  # CR/LF collapsed, not obeyed
+    [mail] = mails_to(smtp, "jenny@mail.example")
+    assert "\n" not in str(mail["Subject"]) and "Mal Bcc" in str(mail["Subject"])
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<b>bold</b>" not in html
+    assert mail["Bcc"] is None
