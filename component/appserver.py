@@ -21,7 +21,7 @@ from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import StanzaPath
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import registrations
+from . import metrics, registrations
 from .committer import GroupCommitter
 from .config import Config
 from .events import OfflineMessage
@@ -174,8 +174,10 @@ class AppServer:
             await self._publish(iq)
         except XMPPError as exc:
             self.publish_outcomes[exc.condition] += 1
+            metrics.PUBLISHES.labels(exc.condition).inc()
             raise
         self.publish_outcomes["accepted"] += 1
+        metrics.PUBLISHES.labels("accepted").inc()
 
     async def _publish(self, iq: Iq) -> None:
         try:

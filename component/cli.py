@@ -18,6 +18,7 @@ from . import outbox
 from .config import Config, load_config, resolve_config_path, world_readable
 from .durations import parse_age
 from .errors import ConfigError
+from .logsetup import setup_logging
 from .service import EXIT_CONFIG, Service
 from .store import create_schema, make_engine, make_sessionmaker
 
@@ -51,33 +52,6 @@ def _with_session(config: Config, fn: Callable[[AsyncSession], Awaitable[T]]) ->
             await engine.dispose()
 
     return asyncio.run(go())
-
-
-LEAKY_LIBRARY_LOGGERS = (
-    "slixmpp",
-    "aiosqlite",
-    "sqlalchemy",
-    "asyncpg",
-    "psycopg",
-    "aiosmtplib",
-    "urllib3",
-    "requests",
-    "google",
-    "pyfcm",
-)
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # These libraries log what they carry at DEBUG: whole stanzas (push tokens, publish
-    # secrets), SQL parameters, the SMTP conversation (AUTH), HTTP headers. Our own
-    # DEBUG lines are written to be safe; theirs are not, so they stay at WARNING.
-    for name in LEAKY_LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @click.group()

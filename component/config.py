@@ -182,6 +182,26 @@ class DeliveryConfig(Strict):
     batch_size: int = Field(256, ge=1, le=10_000)
 
 
+class HttpConfig(Strict):
+    # host:port for /metrics and /healthz; absent = no HTTP listener.
+    listen: str
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return value
+
+
+class LoggingConfig(Strict):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error", "DEBUG", "INFO", "WARNING", "ERROR"] = (
+        "info"
+    )
+
+
 class Config(Strict):
     xmpp: XmppConfig
     storage: StorageConfig = StorageConfig()
@@ -192,6 +212,8 @@ class Config(Strict):
     registrations: RegistrationsConfig = RegistrationsConfig()
     limits: LimitsConfig = LimitsConfig()
     openfire: OpenfireConfig | None = None
+    http: HttpConfig | None = None
+    logging: LoggingConfig = LoggingConfig()
     # Per-account overrides, keyed by bare JID.
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)
 

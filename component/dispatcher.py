@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from notifiers import Notifier, Outcome, SendResult
 
-from . import outbox, registrations
+from . import metrics, outbox, registrations
 from .committer import GroupCommitter
 from .compose import Composer, Drop, Ready, finish_open_row
 from .config import DeliveryConfig
@@ -262,6 +262,7 @@ class Dispatcher:
             return
         if disable:
             self._on_disabled()
+        _count(row.channel, status, reason, latency_ms)
         log.info(
             "outbox=%s account=%s channel=%s attempt=%d → %s%s",
             row.id,
@@ -271,6 +272,20 @@ class Dispatcher:
             status,
             f" ({reason})" if reason else "",
         )
+
+
+def _count(channel: str, status: str, reason: str, latency_ms: float | None) -> None:
+    if latency_ms is not None:
+        metrics.SEND_LATENCY.labels(channel).observe(latency_ms / 1000)
+    if status == "delivered":
+        metrics.SENT.labels(channel).inc()
+    elif status == "retry":
+        metrics.RETRIED.labels(channel).inc()
+    elif status == "cancelled":
+        metrics.CANCELLED.labels(channel, metrics.cancel_reason(reason)).inc()
+    else:
+        kind = "attempts_exhausted" if reason.startswith("gave up") else status
+        metrics.FAILED.labels(channel, kind if kind != "failed" else "permanent").inc()
 
 
 async def pending_count(session: AsyncSession) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import metrics
 from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, utcnow
 
 _COLUMNS = (
@@ -53,6 +54,7 @@ async def enqueue(session: AsyncSession, rows: Sequence[OutboxItem]) -> list[int
         inserted = (await session.execute(stmt)).scalar_one_or_none()
         if inserted is not None:
             ids.append(inserted)
+            metrics.DECIDED.labels(row.channel, row.source or "xep0357").inc()
     return ids
 
 
@@ -111,6 +113,16 @@ async def next_due_at(session: AsyncSession) -> dt.datetime | None:
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value
+
+
+async def depth_and_oldest_due(session: AsyncSession) -> tuple[int, dt.datetime | None]:
+    stmt = select(func.count(), func.min(OutboxItem.due_at)).where(
+        OutboxItem.status == OutboxStatus.PENDING
+    )
+    depth, oldest = (await session.execute(stmt)).one()
+    if isinstance(oldest, dt.datetime) and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.UTC)
+    return int(depth), oldest
 
 
 async def log_entry(session: AsyncSession, **fields: Any) -> None:

@@ -10,23 +10,27 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from notifiers import Notifier, create_notifier
 
+from . import metrics, outbox
 from .appserver import AppServer
 from .committer import GroupCommitter
 from .compose import Composer
 from .config import Config
 from .dispatcher import Dispatcher
 from .errors import ComponentAuthError
+from .http import HttpServer
 from .ingest import Ingest
 from .policy import Policy
 from .ratelimit import TokenBuckets
 from .registrations import NodeCache
-from .store import create_schema, make_engine, make_sessionmaker
+from .store import create_schema, make_engine, make_sessionmaker, utcnow
 from .watcher import Watcher
 from .xmpp import Component, ComponentConnection
 
@@ -56,6 +60,39 @@ async def prepare_database(engine: AsyncEngine, max_delay: float = 30.0) -> None
         log.warning("database not reachable (%s); retrying in %.0fs", reason, delay)
         await asyncio.sleep(delay)
         delay = min(max_delay, delay * 2)
+
+
+GAUGE_INTERVAL = 5.0
+
+
+async def refresh_gauges(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Depth and age of the queue, for alerting on a stuck dispatcher."""
+    while True:
+        try:
+            async with sessionmaker() as session:
+                depth, oldest = await outbox.depth_and_oldest_due(session)
+            metrics.OUTBOX_DEPTH.set(depth)
+            age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+            metrics.OUTBOX_OLDEST_DUE_AGE.set(max(0.0, age))
+        except Exception:
+            log.debug("could not refresh outbox gauges", exc_info=True)
+        await asyncio.sleep(GAUGE_INTERVAL)
+
+
+def _constant(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
+def _answers(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    return check
 
 
 @dataclass
@@ -100,7 +137,9 @@ class Service:
             buckets=TokenBuckets(config.limits.pushes_per_second, config.limits.push_burst),
         )
         xmpp = Component(config.xmpp)
-        self.connection = connection = ComponentConnection(xmpp, config.xmpp)
+        self.connection = connection = ComponentConnection(
+            xmpp, config.xmpp, on_state=lambda up: metrics.XMPP_CONNECTED.set(1 if up else 0)
+        )
         self.appserver = AppServer(xmpp, config, committer, nodes, ingest)
 
         loop = asyncio.get_running_loop()
@@ -115,6 +154,17 @@ class Service:
         if config.openfire is not None and openfire_engine is not None:
             self.watcher = Watcher(config.openfire, openfire_engine, sessionmaker, ingest)
             tasks.add(asyncio.create_task(self.watcher.run(), name="watcher"))
+        tasks.add(asyncio.create_task(refresh_gauges(sessionmaker), name="gauges"))
+        http = None
+        if config.http is not None:
+            checks = {
+                "xmpp": _constant(lambda: connection.connected),
+                "storage": _answers(engine),
+            }
+            if openfire_engine is not None:
+                checks["openfire_database"] = _answers(openfire_engine)
+            http = HttpServer(config.http.listen, checks)
+            await http.start()
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         code = EXIT_OK
         try:
@@ -133,6 +183,8 @@ class Service:
         finally:
             log.info("shutting down")
             stop.cancel()
+            if http is not None:
+                await http.stop()
             await connection.stop()
             await dispatcher.stop(SHUTDOWN_GRACE)
             for task in tasks:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import openfire
+from . import metrics, openfire
 from .config import OpenfireConfig
 from .ingest import Ingest, SeenMessage, WatcherBatch
 from .stanzas import StanzaError, parse_message
@@ -137,6 +137,10 @@ class Watcher:
             stats.lag_seconds = max(0.0, time.time() - newest / 1000)
         self.last_poll = stats
         self.last_success = time.time()
+        metrics.WATCHER_POLL_DB.observe(stats.db_seconds)
+        metrics.WATCHER_LAST_SUCCESS.set(self.last_success)
+        if rows:
+            metrics.WATCHER_LAG.set(stats.lag_seconds)
         return stats
 
     def _handle_row(self, row: openfire.OfflineRow, batch: WatcherBatch) -> None:

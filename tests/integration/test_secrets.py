@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from component.cli import main as cli
-from component.cli import setup_logging
+from component.logsetup import setup_logging
 from component.config import load_config
 from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
