@@ -171,6 +171,31 @@ def requeue(
     click.echo(f"requeued {count} notification(s)")
 
 
+@main.group()
+def db() -> None:
+    """ofnotify's own database."""
+
+
+@db.command("upgrade")
+@config_option
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(config_path: str | None, revision: str) -> None:
+    """Apply schema migrations (`ofnotify run` does this by itself at start)."""
+    from .migrate import current_revision, upgrade
+
+    _, config = _load(config_path)
+
+    async def go() -> str | None:
+        engine = make_engine(config.storage.url)
+        try:
+            await upgrade(engine, revision)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    click.echo(f"database schema at revision {asyncio.run(go())}")
+
+
 def _print(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
     if as_json:
         for row in rows:

@@ -22,7 +22,9 @@ def parse_duration(value: object) -> float:
         elif isinstance(value, str) and (match := _PATTERN.match(value)):
             seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
         else:
-            raise ValueError(f"{str(value)[:40]!r} is not a duration (use e.g. 500ms, 30s, 10m, 1h, 2d)")
+            raise ValueError(
+                f"{str(value)[:40]!r} is not a duration (use e.g. 500ms, 30s, 10m, 1h, 2d)"
+            )
     except OverflowError:
         raise ValueError("duration too large") from None
     if seconds != seconds:  # NaN

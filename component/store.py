@@ -236,5 +236,7 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    """Bring the schema to the newest revision (Alembic); a no-op when it is there."""
+    from .migrate import upgrade
+
+    await upgrade(engine)
