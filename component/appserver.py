@@ -11,11 +11,12 @@ import hmac
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slixmpp import JID, Iq
 from slixmpp.exceptions import XMPPError
+from slixmpp.jid import InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import StanzaPath
@@ -77,19 +78,22 @@ class AppServer:
 
     # -- registration ------------------------------------------------------------
 
-    def _register(self, iq: Iq, session: dict[str, Any]) -> dict[str, Any]:
-        return self._two_step(iq, session, self._register_submit, ["token", "device-id", "muc"])
+    async def _register(self, iq: Iq, session: dict[str, Any]) -> dict[str, Any]:
+        return await self._two_step(session, self._register_submit, ["token", "device-id", "muc"])
 
-    def _unregister(self, iq: Iq, session: dict[str, Any]) -> dict[str, Any]:
-        return self._two_step(iq, session, self._unregister_submit, ["device-id", "muc"])
+    async def _unregister(self, iq: Iq, session: dict[str, Any]) -> dict[str, Any]:
+        return await self._two_step(session, self._unregister_submit, ["device-id", "muc"])
 
-    def _two_step(
-        self, iq: Iq, session: dict[str, Any], submit: Callable[..., Any], fields: list[str]
-    ) -> Any:
+    async def _two_step(
+        self,
+        session: dict[str, Any],
+        submit: Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]],
+        fields: list[str],
+    ) -> dict[str, Any]:
         """Conversations submits the form with `execute`; other clients ask for it first."""
         form = _submitted_form(session.get("payload"))
         if form is not None:
-            return submit(form, session)
+            return await submit(form, session)
         blank = Form()
         blank["type"] = "form"
         for var in fields:
@@ -224,8 +228,12 @@ class AppServer:
 
     async def on_message(self, msg: Any) -> None:
         """A client may tell us directly what it displayed (XEP-0333)."""
-        if msg["type"] == "error" or not msg["from"].user:
-            return
+        try:
+            sender = msg["from"]
+            if msg["type"] == "error" or not sender.user:
+                return
+        except InvalidJID:
+            return  # servers validate JIDs; an unparsable one is not worth an answer
         try:
             parsed = parse_element(msg.xml)
         except StanzaError:

@@ -187,9 +187,11 @@ class FcmNotifier(Notifier):
             # Stable across retries: the app can drop a duplicate after a crash.
             "notification_id": str(notification.outbox_id),
             "account": notification.account,
-            "conversation": notification.conversation,
             "message_count": str(notification.message_count),
         }
+        if notification.sender is not None:
+            # The conversation names the other party: only when the sender may be shown.
+            data["conversation"] = notification.conversation
         if notification.unread_count is not None:
             data["unread_count"] = str(notification.unread_count)
         if notification.sender is not None:

@@ -81,12 +81,12 @@ def test_data_payload_respects_what_it_is_given() -> None:
     assert FcmNotifier.build_data(n) == {
         "notification_id": "1",
         "account": "alice@example.test",
-        "conversation": "bob@example.test",
         "message_count": "2",
-    }
+    }  # no sender given: no conversation either (it names the other party)
     with_body = Notification(1, "a@x", "t", "b@x", sender="b@x", body="hi", unread_count=4)
     data = FcmNotifier.build_data(with_body)
     assert (data["sender"], data["body"], data["unread_count"]) == ("b@x", "hi", "4")
+    assert data["conversation"] == "b@x"
 
 
 def test_collapse_key_is_per_conversation_and_opaque() -> None:
