@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import inspect as inspection
 from . import outbox
-from .config import Config, load_config, resolve_config_path, world_readable
+from .config import Config, exposes_secrets, load_config, resolve_config_path
 from .durations import parse_age
 from .errors import ConfigError
 from .logsetup import setup_logging
@@ -72,9 +72,9 @@ def run(config_path: str | None, log_level: str) -> None:
     """Connect to the XMPP server and deliver notifications until stopped."""
     setup_logging(log_level.upper())
     path, config = _load(config_path)
-    if world_readable(path):
+    if exposes_secrets(path):
         logging.getLogger("ofnotify").warning(
-            "%s is readable by other users; it may hold secrets (chmod 600 it)", path
+            "%s is readable by other users and holds secrets (chmod 600 it, or use ${VAR})", path
         )
     sys.exit(asyncio.run(Service(config).run()))
 
@@ -84,8 +84,12 @@ def run(config_path: str | None, log_level: str) -> None:
 def check_config(config_path: str | None) -> None:
     """Validate the configuration; print every problem with its line."""
     path, config = _load(config_path)
-    if world_readable(path):
-        click.echo(f"warning: {path} is readable by other users; it may hold secrets", err=True)
+    if exposes_secrets(path):
+        click.echo(
+            f"warning: {path} is readable by other users and holds secrets "
+            "(chmod 600 it, or use ${VAR})",
+            err=True,
+        )
     channels = ", ".join(f"{n} ({c.type})" for n, c in config.channels.items())
     click.echo(
         f"{path}: OK — component {config.xmpp.jid}, channels: {channels}, "

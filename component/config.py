@@ -297,10 +297,15 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, str(path), env)
 
 
-def world_readable(path: Path) -> bool:
-    """Secrets live in this file (or its environment); others must not read it."""
+_LITERAL_SECRET = re.compile(r"^\s*(secret|password)\s*:\s*(?![\"']?\$\{)\S", re.MULTILINE)
+
+
+def exposes_secrets(path: Path) -> bool:
+    """Readable by other users while holding a secret written out (not `${VAR}`)."""
     try:
-        return bool(path.stat().st_mode & stat.S_IROTH)
+        if not path.stat().st_mode & stat.S_IROTH:
+            return False
+        return bool(_LITERAL_SECRET.search(path.read_text(encoding="utf-8")))
     except OSError:
         return False
 

@@ -208,6 +208,8 @@ def async_url(url: str) -> str:
         return f"sqlite+aiosqlite://{rest}"
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
+    if scheme in ("mysql", "mariadb"):  # Openfire on MySQL/MariaDB (watcher only)
+        return f"mysql+aiomysql://{rest}"
     return url
 
 
