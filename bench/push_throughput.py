@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -68,6 +69,9 @@ OFNOTIFY_CMD = [
     "-c",
     "import sys; sys.argv[0] = 'ofnotify'; from component.cli import main; main()",
 ]
+
+# The same, with counters (bench/instrument.py); only with --instrument.
+INSTRUMENTED_CMD = [sys.executable, "-m", "bench.instrument"]
 
 
 class BenchProsody(ProsodyServer):
@@ -125,6 +129,20 @@ def self_cpu_seconds() -> float:
 
 
 # --------------------------------------------------------------------------- figures
+
+
+def code_version() -> str:
+    """The commit measured, and whether ofnotify's own files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "component", "notifiers"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    changed = len(dirty.splitlines())
+    return f"{head}" + (f" + {changed} uncommitted file(s) in component/, notifiers/"
+                        if changed else "")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -189,6 +207,9 @@ class PushBench:
         self.profiler: subprocess.Popen[bytes] | None = None
         self.clients: list[Client] = []
         self.offline: list[Client] = []
+        self.snapshots = 0
+        self.samples: list[tuple[float, float, float, int]] = []
+        self.rss_start_kb: int | None = None
         self.ofnotify_log = self.workdir / "ofnotify.log"
         self.config_path = self.workdir / "ofnotify.yaml"
 
@@ -210,8 +231,18 @@ class PushBench:
         self.progress(f"{server.name} up in {time.monotonic() - started:.1f} s: {server!r}")
         recipients = [f"rcpt{i}" for i in range(args.recipients)]
         senders = [f"sender{i}" for i in range(args.senders)]
-        for user in recipients + senders:
-            await asyncio.to_thread(server.register, user, PASSWORD)
+        started = time.monotonic()
+        # ejabberdctl takes ~1 s per call: a few at a time. ProsodyServer.register
+        # rewrites the config file on every call, so prosodyctl runs one at a time.
+        gate = asyncio.Semaphore(1 if isinstance(server, ProsodyServer) else 4)
+
+        async def create(user: str) -> None:
+            async with gate:
+                await asyncio.to_thread(server.register, user, PASSWORD)
+
+        await asyncio.gather(*(create(user) for user in recipients + senders))
+        self.progress(f"{len(recipients) + len(senders)} accounts created in "
+                      f"{time.monotonic() - started:.1f} s")
 
         self.write_ofnotify_config(server)
         self.start_ofnotify()
@@ -219,8 +250,14 @@ class PushBench:
 
         # Recipients: register a device, enable push, go offline.
         started = time.monotonic()
-        for index, user in enumerate(recipients):
-            await self.register_recipient(user, index, first=index == 0)
+        await self.register_recipient(recipients[0], 0, first=True)
+        gate = asyncio.Semaphore(16)
+
+        async def enroll(index: int, user: str) -> None:
+            async with gate:
+                await self.register_recipient(user, index, first=False)
+
+        await asyncio.gather(*(enroll(i, u) for i, u in enumerate(recipients) if i))
         self.progress(
             f"{len(recipients)} recipient(s) registered and offline "
             f"({time.monotonic() - started:.1f} s after ofnotify started)"
@@ -245,13 +282,17 @@ class PushBench:
         sent_mono = [0.0] * n
         sent_wall = [0.0] * n
         fake_before = len(self.fake.requests)
-        self.start_profiler()
+        if self.start_profiler():
+            await asyncio.sleep(0.5)  # attached before the load starts
+        counters_before = await self.counters()
         before = self.cpu_snapshot()
+        self.rss_start_kb = status_kb(self.proc.pid, "VmRSS")
         self.progress(
             f"sending {n} messages at {'max speed' if args.rate <= 0 else f'{args.rate:g}/s'} "
             f"from {len(self.clients)} sender(s) to {len(rcpt_jids)} recipient(s)"
         )
         send_started = time.monotonic()
+        sampler = asyncio.create_task(self.sample(send_started), name="sampler")
         if args.rate > 0:
             interval = 1.0 / args.rate
             for i in range(n):
@@ -269,13 +310,22 @@ class PushBench:
         send_done = time.monotonic()
         # A server handles one client stream in order: after these round trips every
         # message has been routed (stored offline, publish sent to the component).
-        await asyncio.gather(*(client.round_trip() for client in self.clients))
-        server_done = time.monotonic()
+        # Under backlog the server can take long to get through a burst (it waits for
+        # ofnotify to read its publishes), hence the long bound.
+        for client in self.clients:
+            client.timeout = args.timeout
+        try:
+            await asyncio.gather(*(client.round_trip() for client in self.clients))
+            server_done: float | None = time.monotonic()
+        except TimeoutError:
+            server_done = None
 
         arrived = await self.wait_for(
             lambda: self.count(BODY_PREFIX), n, idle=args.idle_timeout, limit=args.timeout
         )
         after = self.cpu_snapshot()
+        sampler.cancel()
+        counters_after = await self.counters()
         hwm_kb = status_kb(self.proc.pid, "VmHWM")
         rss_kb = status_kb(self.proc.pid, "VmRSS")
         threads = status_kb(self.proc.pid, "Threads")
@@ -298,6 +348,7 @@ class PushBench:
             rss_kb=rss_kb,
             threads=threads,
             exit_code=exit_code,
+            counters=(counters_before, counters_after),
         )
 
     def cleanup(self) -> None:
@@ -339,18 +390,38 @@ class PushBench:
             privacy={"include_sender": True, "include_body": True},
         )
         config = yaml.safe_load(self.config_path.read_text())
+        # write_config is tuned for tests (5 s keepalive, 0.2 s backoff): the benchmark
+        # runs with ofnotify's production defaults unless told otherwise.
+        config["xmpp"].pop("keepalive_interval", None)
+        config["xmpp"].pop("reconnect_max_delay", None)
+        config["delivery"] = {}
+        if self.args.keepalive:
+            config["xmpp"]["keepalive_interval"] = f"{self.args.keepalive:g}s"
         if self.args.concurrency:
             config["channels"]["phone"]["concurrency"] = self.args.concurrency
         if self.args.batch_size:
             config["delivery"]["batch_size"] = self.args.batch_size
+        if self.rate_limit_configurable() and not self.args.keep_rate_limit:
+            # ofnotify folds pushes above N/s per account into one; with a handful of
+            # recipients that would measure the limiter, not the pipeline.
+            config["limits"] = {"pushes_per_second": 1e9, "push_burst": 1_000_000_000}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
+    @staticmethod
+    def rate_limit_configurable() -> bool:
+        from component.config import Config
+
+        return "limits" in Config.model_fields
+
     def start_ofnotify(self) -> None:
+        command = INSTRUMENTED_CMD if self.args.instrument else OFNOTIFY_CMD
+        env = {**os.environ, "OFNOTIFY_BENCH_SNAPSHOTS": str(self.workdir)}
         with self.ofnotify_log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*OFNOTIFY_CMD, "run", "--config", str(self.config_path),
+                [*command, "run", "--config", str(self.config_path),
                  "--log-level", self.args.log_level],
                 cwd=REPO,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -371,25 +442,27 @@ class PushBench:
                 proc.kill()
         return await asyncio.to_thread(proc.wait)
 
-    def start_profiler(self) -> None:
+    def start_profiler(self) -> bool:
         if not self.args.profile or self.proc is None:
-            return
+            return False
         path = Path(self.args.profile).resolve()
         fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(path.suffix, "raw")
         py_spy = shutil.which("py-spy")
         if py_spy is None:
             raise RuntimeError("--profile needs py-spy: pip install py-spy")
         cmd = [py_spy, "record", "--pid", str(self.proc.pid), "--rate", "200", "--format",
-               fmt, "--output", str(path), "--nonblocking"]
+               fmt, "--output", str(path), "--nonblocking", "--threads"]
         if self.args.profile_idle:
             cmd.append("--idle")
+        if self.args.profile_gil:
+            cmd.append("--gil")
         self.profiler = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "py-spy.log", "wb"),  # noqa: SIM115
             start_new_session=True,
         )
-        time.sleep(0.5)  # attached before the load starts
         self.progress(f"py-spy recording ofnotify to {path}")
+        return True
 
     def stop_profiler(self) -> None:
         profiler, self.profiler = self.profiler, None
@@ -469,6 +542,43 @@ class PushBench:
 
     # -- measuring ---------------------------------------------------------------------
 
+    async def sample(self, start: float) -> None:
+        """Once a second: CPU of ofnotify and the server, FCM requests so far."""
+        assert self.fake is not None
+        while True:
+            with contextlib.suppress(Exception):
+                snap = self.cpu_snapshot()
+                self.samples.append(
+                    (snap.at - start, snap.ofnotify, snap.server, len(self.fake.requests))
+                )
+            await asyncio.sleep(1.0)
+
+    def timeline(self, out: Results, outbox: dict[int, float], sent_wall: list[float],
+                 send_started: float, sent_mono: list[float]) -> None:
+        """Per interval: messages sent, publishes accepted, FCM requests, CPU of each side."""
+        if len(self.samples) < 2:
+            return
+        step = max(5, round(len(self.samples) / 12 / 5) * 5)
+        # Wall → bench-relative seconds, through the first message's two clocks.
+        offset = sent_wall[0] - (sent_mono[0] - send_started)
+        ingested = sorted(t - offset for t in outbox.values())
+        sent = [t - send_started for t in sent_mono]
+        out.add(f"timeline        per {step} s since the first message: sent/s, accepted/s "
+                "(outbox rows), FCM requests/s, CPU% ofnotify, CPU% server")
+        rows = []
+        for i in range(0, len(self.samples) - 1, step):
+            a, b = self.samples[i], self.samples[min(i + step, len(self.samples) - 1)]
+            span = b[0] - a[0]
+            if span <= 0:
+                continue
+            n_sent = sum(1 for t in sent if a[0] <= t < b[0])
+            n_in = sum(1 for t in ingested if a[0] <= t < b[0])
+            rows.append(f"{a[0]:5.0f}s {n_sent / span:5.0f} {n_in / span:5.0f} "
+                        f"{(b[3] - a[3]) / span:5.0f} {(b[1] - a[1]) / span * 100:4.0f}% "
+                        f"{(b[2] - a[2]) / span * 100:4.0f}%")
+        for line in rows:
+            out.add(f"  {line}")
+
     def server_pgrp(self) -> int | None:
         server = self.server
         if server is None:
@@ -501,6 +611,33 @@ class PushBench:
                     out.setdefault(seq, stamp.timestamp())
         return out
 
+    async def counters(self) -> dict[str, Any] | None:
+        """With --instrument: ofnotify's counters, written on SIGUSR1."""
+        if not self.args.instrument or self.proc is None:
+            return None
+        self.snapshots += 1
+        target = self.workdir / f"snapshot-{self.snapshots}.json"
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not target.exists():
+            if time.monotonic() > deadline:
+                self.progress("no counter snapshot from ofnotify")
+                return None
+            await asyncio.sleep(0.02)
+        data: dict[str, Any] = json.loads(target.read_text())
+        return data
+
+    def folded_rows(self) -> int:
+        """Outbox rows the rate limit folded pushes into (dedup key push:<reg>:<conv>:…)."""
+        db = self.workdir / "ofnotify.db"
+        with contextlib.suppress(Exception), contextlib.closing(
+            sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        ) as conn:
+            rows = conn.execute("SELECT dedup_key FROM outbox").fetchall()
+            # Ordinary pushes have a random part; folded ones name the conversation.
+            return sum(1 for (key,) in rows if key.startswith("push:") and "@" in key)
+        return 0
+
     def log_levels(self) -> Counter[str]:
         levels: Counter[str] = Counter()
         with contextlib.suppress(OSError):
@@ -510,6 +647,17 @@ class PushBench:
                                                    "CRITICAL"):
                     levels[parts[2]] += 1
         return levels
+
+    def log_problems(self) -> Counter[str]:
+        """Warnings and errors in ofnotify's log, grouped by logger and message start."""
+        problems: Counter[str] = Counter()
+        with contextlib.suppress(OSError):
+            for line in self.ofnotify_log.read_text(errors="replace").splitlines():
+                parts = line.split(maxsplit=4)
+                if len(parts) == 5 and parts[2] in ("WARNING", "ERROR", "CRITICAL"):
+                    text = re.sub(r"\d+", "N", parts[4])[:110]
+                    problems[f"{parts[2]} {parts[3]} {text}"] += 1
+        return problems
 
     def log_tail(self, n: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -524,7 +672,7 @@ class PushBench:
         sent_wall: list[float],
         send_started: float,
         send_done: float,
-        server_done: float,
+        server_done: float | None,
         arrived: int,
         before: CpuSnapshot,
         after: CpuSnapshot,
@@ -532,6 +680,7 @@ class PushBench:
         rss_kb: int | None,
         threads: int | None,
         exit_code: int | None,
+        counters: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
     ) -> Results:
         args, n = self.args, self.args.n
         assert self.server is not None
@@ -574,15 +723,25 @@ class PushBench:
         out.add("")
         out.add(f"ofnotify push benchmark — {self.server.name}, N={n}, rate {rate_label}, "
                 f"{args.senders} sender(s) → {args.recipients} recipient(s)")
+        out.add(f"ofnotify code: {code_version()}; per-account push rate limit "
+                + ("ofnotify's default (--keep-rate-limit)" if args.keep_rate_limit
+                   else "lifted for the benchmark" if self.rate_limit_configurable()
+                   else "not present in this version"))
         out.add(f"machine: {os.cpu_count()} cores, shared by the XMPP server, ofnotify and this "
                 "load generator (which also runs the fake FCM); figures are for the whole chain")
         out.add("")
         out.add(f"sent            {n} messages in {send_done - send_started:.2f} s "
                 f"(offered {offered:,.0f} msg/s); server routed all after "
-                f"{server_done - send_started:.2f} s")
-        out.add(f"FCM requests    {len(seen)} of {n} messages arrived"
-                + (f" ({duplicates} duplicate requests)" if duplicates else "")
-                + ("" if len(seen) == n else f" — {n - len(seen)} MISSING"))
+                + (f"{server_done - send_started:.2f} s" if server_done is not None
+                   else f"more than {args.timeout:.0f} s"))
+        out.add(f"FCM requests    {len(bench_requests)} for {n} messages; {len(seen)} messages "
+                "have a request of their own"
+                + (f" ({duplicates} duplicate requests)" if duplicates else ""))
+        if len(seen) < n:
+            folded = self.folded_rows()
+            out.add(f"  {n - len(seen)} messages without a request of their own; the outbox "
+                    f"holds {folded} rows that folded several pushes (per-account rate limit)"
+                    + ("" if folded else " — so these were LOST"))
         out.add("  by status     " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
                 if statuses else "  by status     none")
         target_rate = f"target ≥ {TARGET_RATE:,.0f}/s with --rate 0"
@@ -595,7 +754,8 @@ class PushBench:
         out.add(f"  ingest→FCM    {distribution(ingest_to_fcm)}   outbox row → FCM request "
                 "(ofnotify dispatcher + pyfcm)")
         out.add(f"ofnotify RSS    peak {hwm_mb:6.1f} MB (VmHWM), now "
-                f"{(rss_kb or 0) / 1024:.1f} MB, {threads} threads   [target < {TARGET_RSS_MB:.0f} MB]")
+                f"{(rss_kb or 0) / 1024:.1f} MB, {(self.rss_start_kb or 0) / 1024:.1f} MB "
+                f"before the load, {threads} threads   [target < {TARGET_RSS_MB:.0f} MB]")
         ofn_cpu = after.ofnotify - before.ofnotify
         srv_cpu = after.server - before.server
         gen_cpu = after.generator - before.generator
@@ -613,13 +773,13 @@ class PushBench:
             out.add(f"  ofnotify CPU per notification: {ofn_cpu / len(seen) * 1e3:.2f} ms")
         levels = self.log_levels()
         out.add(f"ofnotify log    {dict(sorted(levels.items()))}, exit code {exit_code}")
-        if levels.get("WARNING") or levels.get("ERROR") or levels.get("CRITICAL"):
-            bad = [
-                line for line in self.ofnotify_log.read_text(errors="replace").splitlines()
-                if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
-            ]
-            for line in bad[:5]:
-                out.add(f"  {line[:160]}")
+        for text, count in self.log_problems().most_common(8):
+            out.add(f"  {count:5d}x {text}")
+        if args.timeline:
+            self.timeline(out, {s: t for s, t in outbox.items() if 0 <= s < n}, sent_wall,
+                          send_started, sent_mono)
+        if counters[0] is not None and counters[1] is not None and seen:
+            self.report_counters(out, counters[0], counters[1], len(seen))
         if args.profile:
             out.add(f"profile         {Path(args.profile).resolve()}")
         out.figures = {
@@ -633,6 +793,54 @@ class PushBench:
             "arrived_total_counter": arrived,
         }
         return out
+
+    @staticmethod
+    def report_counters(
+        out: Results, before: dict[str, Any], after: dict[str, Any], notifications: int
+    ) -> None:
+        def delta(key: str) -> Counter[str]:
+            result: Counter[str] = Counter(after.get(key, {}))
+            result.subtract(before.get(key, {}))
+            return Counter({k: v for k, v in result.items() if v})
+
+        window = after["at"] - before["at"]
+        out.add(f"instrumented    per notification, over {notifications} notifications "
+                f"({window:.2f} s between snapshots):")
+        cpu = delta("thread_cpu")
+        for name, seconds in cpu.most_common():
+            out.add(f"  CPU {seconds / notifications * 1e3:6.2f} ms  "
+                    f"({seconds / window * 100:5.1f}% of a core)  {name}")
+        for name, count in sorted(delta("events").items()):
+            out.add(f"  {count / notifications:8.2f}  {name}")
+        timers_before = before.get("timers", {})
+        out.add("  stage timings (calls per notification, mean and max wall ms per call):")
+        for label, (calls, total, peak) in after.get("timers", {}).items():
+            calls_before, total_before, _ = timers_before.get(label, (0, 0.0, 0.0))
+            calls -= calls_before
+            total -= total_before
+            if calls > 0:
+                out.add(f"  {calls / notifications:8.2f}  {total / calls * 1e3:8.2f} ms mean "
+                        f"{peak * 1e3:8.1f} ms max  {label}")
+        lag = after.get("lag_ms", [])
+        new = after.get("lag_samples", 0) - before.get("lag_samples", 0)
+        if lag and new > 0:
+            out.add(f"  event-loop lag (a 10 ms sleep wakes this late): "
+                    f"{distribution(lag[-min(new, len(lag)):])}")
+        sizes: Counter[str] = Counter(after.get("batch_sizes", {}))
+        sizes.subtract(before.get("batch_sizes", {}))
+        batches = sum(sizes.values())
+        if batches:
+            units = sum(int(size) * count for size, count in sizes.items())
+            out.add(f"  committer batches: {batches}, mean {units / batches:.1f} units, "
+                    f"max {max(int(k) for k, v in sizes.items() if v)}")
+        seconds = delta("statement_seconds")
+        counts = delta("statements")
+        total = sum(counts.values())
+        out.add(f"  {total / notifications:8.2f}  SQL statements, by shape "
+                "(count per notification, mean wall ms as the event loop sees it):")
+        for shape, count in counts.most_common():
+            out.add(f"  {count / notifications:8.2f}  {seconds[shape] / count * 1e3:7.2f} ms  "
+                    f"{shape}")
 
     def progress(self, text: str) -> None:
         if not self.args.quiet:
@@ -663,6 +871,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="upper bound in s on waiting for the FCM requests")
     parser.add_argument("--idle-timeout", type=float, default=20.0,
                         help="stop waiting after this many s without a new FCM request")
+    parser.add_argument("--keep-rate-limit", action="store_true",
+                        help="keep ofnotify's per-account push rate limit (by default the "
+                        "benchmark lifts it: with few recipients it would fold most pushes)")
     parser.add_argument("--server-log", choices=["debug", "info"], default="info",
                         help="Prosody's log level (the test suite uses debug; default info)")
     parser.add_argument("--log-level", default="INFO",
@@ -670,12 +881,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="ofnotify's --log-level (default INFO, as in production)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="override channels.phone.concurrency (ofnotify default 16)")
+    parser.add_argument("--keepalive", type=float, default=None, metavar="SECONDS",
+                        help="xmpp.keepalive_interval (default: ofnotify's, 60 s; the test "
+                        "suite uses 5 s)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="override delivery.batch_size (ofnotify default 256)")
     parser.add_argument("--profile", metavar="FILE", default=None,
                         help="record ofnotify with py-spy during the measured phase")
     parser.add_argument("--profile-idle", action="store_true",
                         help="with --profile: include idle (waiting) threads")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: sample only the thread holding the GIL "
+                        "(where a GIL-bound process spends its one core)")
+    parser.add_argument("--instrument", action="store_true",
+                        help="run ofnotify through bench/instrument.py and print SQL "
+                        "statements, thread hand-offs, HTTP connections and CPU by thread "
+                        "per notification")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print rates and CPU per 5 s interval")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -7,6 +7,7 @@ after the resulting outbox row is committed; error texts sent back are generic.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import uuid
@@ -23,6 +24,7 @@ from slixmpp.xmlstream.matcher import StanzaPath
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import metrics, registrations
+from .adhoc_sessions import CommandSessions
 from .committer import GroupCommitter
 from .config import Config
 from .events import OfflineMessage
@@ -71,6 +73,8 @@ class AppServer:
 
     def _add_commands(self, _event: object) -> None:
         adhoc = self.xmpp.plugin["xep_0050"]
+        if not isinstance(adhoc.sessions, CommandSessions):
+            adhoc.set_backend(CommandSessions())
         adhoc.add_command(node=REGISTER_NODE, name="Register FCM push", handler=self._register)
         adhoc.add_command(
             node=UNREGISTER_NODE, name="Unregister FCM push", handler=self._unregister
@@ -93,13 +97,31 @@ class AppServer:
         """Conversations submits the form with `execute`; other clients ask for it first."""
         form = _submitted_form(session.get("payload"))
         if form is not None:
-            return await submit(form, session)
+            return await self._submit_or_forget(submit, form, session)
         blank = Form()
         blank["type"] = "form"
         for var in fields:
             blank.add_field(var=var, ftype="text-single", required=var != "muc")
-        session.update(payload=blank, next=submit, has_next=False)
+        session.update(
+            payload=blank,
+            # A partial of a coroutine function: slixmpp awaits only what looks async.
+            next=functools.partial(self._submit_or_forget, submit),
+            has_next=False,
+        )
         return session
+
+    async def _submit_or_forget(
+        self,
+        submit: Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]],
+        payload: Any,
+        session: dict[str, Any],
+    ) -> dict[str, Any]:
+        """An error ends the command; slixmpp would keep its session around regardless."""
+        try:
+            return await submit(payload, session)
+        except XMPPError:
+            self.xmpp.plugin["xep_0050"].sessions.pop(session.get("id"), None)
+            raise
 
     async def _register_submit(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
         account = _account_of(session["from"])
@@ -192,7 +214,10 @@ class AppServer:
         if node is None or node.disabled:
             # Also for disabled nodes: ejabberd/Prosody then stop publishing to it.
             raise XMPPError("item-not-found", "no such node", etype="cancel")
-        sender_domain = iq["from"]
+        try:
+            sender_domain = iq["from"]
+        except InvalidJID:
+            raise XMPPError("forbidden", "not your node", etype="auth") from None
         if sender_domain.user or sender_domain.resource or sender_domain.domain != node.domain:
             # Only the account's own server may wake its devices.
             log.warning(

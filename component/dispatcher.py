@@ -29,6 +29,12 @@ from .store import OutboxItem, OutboxStatus, utcnow
 log = logging.getLogger(__name__)
 
 
+# After a restart the watcher's first poll reflects what happened while we were down
+# (new messages to fold into digests, deliveries that cancel); a dead Openfire database
+# must not hold pushes back for longer than this.
+CATCH_UP_WAIT = 30.0
+
+
 def backoff(attempt: int, config: DeliveryConfig, retry_after: float | None) -> float:
     """Exponential with full jitter on the upper half; never earlier than the server asked."""
     ceiling = min(config.backoff_max, config.backoff_initial * 2 ** max(0, attempt - 1))
@@ -63,12 +69,26 @@ class Dispatcher:
         self._in_flight_ids: set[int] = set()
         self._stopping = False
         self._loop_done = asyncio.Event()
+        self._stop_requested = asyncio.Event()
 
     def wake(self) -> None:
         """Something became due now (a new row, a cancelled lease)."""
         self._wakeup.set()
 
-    async def run(self) -> None:
+    async def run(self, wait_for: asyncio.Event | None = None) -> None:
+        """`wait_for`: hold the first send until a source caught up (bounded)."""
+        if wait_for is not None:
+            waits = [
+                asyncio.create_task(wait_for.wait()),
+                asyncio.create_task(self._stop_requested.wait()),
+            ]
+            done, pending = await asyncio.wait(
+                waits, timeout=CATCH_UP_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if not done:
+                log.warning("sources did not catch up in %.0fs; sending anyway", CATCH_UP_WAIT)
         renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
         try:
             await self._loop()
@@ -103,6 +123,7 @@ class Dispatcher:
     async def stop(self, grace: float = 10.0) -> None:
         """Let in-flight sends finish; rows still unsent return to the queue."""
         self._stopping = True
+        self._stop_requested.set()
         self._wakeup.set()
         # No new sends may start once we look at what is in flight.
         with contextlib.suppress(TimeoutError):

@@ -147,12 +147,15 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
 
-        tasks = {
-            asyncio.create_task(connection.run(), name="xmpp"),
-            asyncio.create_task(dispatcher.run(), name="dispatcher"),
-        }
+        caught_up = None
         if config.openfire is not None and openfire_engine is not None:
             self.watcher = Watcher(config.openfire, openfire_engine, sessionmaker, ingest)
+            caught_up = self.watcher.caught_up
+        tasks = {
+            asyncio.create_task(connection.run(), name="xmpp"),
+            asyncio.create_task(dispatcher.run(wait_for=caught_up), name="dispatcher"),
+        }
+        if self.watcher is not None:
             tasks.add(asyncio.create_task(self.watcher.run(), name="watcher"))
         tasks.add(asyncio.create_task(refresh_gauges(sessionmaker), name="gauges"))
         http = None

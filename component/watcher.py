@@ -68,6 +68,7 @@ class Watcher:
         self._bad_keys: set[openfire.Key] = set()
         self.last_poll: PollStats = PollStats()
         self.last_success: float | None = None
+        self.caught_up = asyncio.Event()  # set after the first successful poll
 
     async def run(self) -> None:
         failures = 0
@@ -137,6 +138,7 @@ class Watcher:
             stats.lag_seconds = max(0.0, time.time() - newest / 1000)
         self.last_poll = stats
         self.last_success = time.time()
+        self.caught_up.set()
         metrics.WATCHER_POLL_DB.observe(stats.db_seconds)
         metrics.WATCHER_LAST_SUCCESS.set(self.last_success)
         if rows:

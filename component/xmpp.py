@@ -13,9 +13,11 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
-from slixmpp import ComponentXMPP
+from slixmpp import JID, ComponentXMPP, Iq
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.jid import InvalidJID
 from slixmpp.stanza import StreamError
 
 from .config import XmppConfig
@@ -41,6 +43,28 @@ class Component(ComponentXMPP):
         self.plugin["xep_0030"].add_feature("http://jabber.org/protocol/commands")
         # We run our own keepalive; slixmpp's whitespace pings can't detect dead peers.
         self.whitespace_keepalive = False
+        self.add_filter("in", self._refuse_unparsable_sender)
+
+    def _refuse_unparsable_sender(self, stanza: Any) -> Any:
+        """slixmpp raises deep inside its handlers on a `from` it cannot parse (e.g. an
+        emoji resource, valid under RFC 7622); answer such IQs here and drop the rest."""
+        raw = stanza.xml.get("from")
+        if raw is None:
+            return stanza
+        try:
+            JID(raw)
+        except InvalidJID:
+            if stanza.xml.tag.endswith("}iq") and stanza.xml.get("type") in ("get", "set"):
+                reply = Iq(stream=self)
+                reply["type"] = "error"
+                reply["id"] = stanza.xml.get("id") or ""
+                reply.xml.set("to", raw)  # set raw: it cannot be parsed into a JID
+                reply["error"]["type"] = "modify"
+                reply["error"]["condition"] = "jid-malformed"
+                self.send(reply)
+            log.info("dropped a stanza from an unparsable JID")
+            return None
+        return stanza
 
 
 class ComponentConnection:

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from component.cli import main as cli
-from component.logsetup import setup_logging
 from component.config import load_config
+from component.logsetup import setup_logging
 from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
 from tests.support.smtp_server import SmtpServer

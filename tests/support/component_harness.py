@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape, quoteattr
@@ -221,7 +221,7 @@ class ComponentHarness:
     def _wake(self) -> None:
         self.wakeups += 1
 
-    async def _settle(self, trigger: Any) -> None:
+    async def _settle(self, trigger: Callable[[], object]) -> None:
         """Run `trigger` and wait for the tasks it scheduled (slixmpp's handlers)."""
         before = asyncio.all_tasks()
         trigger()

@@ -28,13 +28,17 @@ def test_check_config_ok_and_private(tmp_path: Path) -> None:
     assert "OK" in result.output and "readable by other users" not in result.output
 
 
-def test_world_readable_config_warns(tmp_path: Path) -> None:
-    path = write(tmp_path, valid(Path("SA_FILE")), 0o644)
-    result = CliRunner().invoke(
-        main, ["check-config", "--config", str(path)], env={"OFNOTIFY_SECRET": "x"}
-    )
+def test_world_readable_config_warns_only_with_literal_secrets(tmp_path: Path) -> None:
+    text = valid(Path("SA_FILE")).replace("${OFNOTIFY_SECRET}", "literal-secret")
+    path = write(tmp_path, text, 0o644)
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
     assert result.exit_code == 0
-    assert "readable by other users" in result.output
+    assert "readable by other users and holds secrets" in result.output
+    # Secrets from the environment: nothing to protect in the file itself.
+    path = write(tmp_path, valid(Path("SA_FILE")), 0o644)
+    env = {"OFNOTIFY_SECRET": "x"}
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)], env=env)
+    assert "readable by other users" not in result.output
 
 
 def test_invalid_config_exits_2_with_lines(tmp_path: Path) -> None:
