@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,14 @@ class Component(ComponentXMPP):
         self.plugin["xep_0030"].add_feature("http://jabber.org/protocol/commands")
         # We run our own keepalive; slixmpp's whitespace pings can't detect dead peers.
         self.whitespace_keepalive = False
-        self.add_filter("in", self._refuse_unparsable_sender)
+        self.last_inbound = time.monotonic()
+        self.add_filter("in", self._inbound)
+
+    def _inbound(self, stanza: Any) -> Any:
+        # Any stanza proves the stream alive: under a backlog the answer to a ping waits
+        # behind thousands of publishes, and aborting then would drop them all.
+        self.last_inbound = time.monotonic()
+        return self._refuse_unparsable_sender(stanza)
 
     def _refuse_unparsable_sender(self, stanza: Any) -> Any:
         """slixmpp raises deep inside its handlers on a `from` it cannot parse (e.g. an
@@ -176,6 +184,9 @@ class ComponentConnection:
         server = self._config.jid.partition(".")[2] or self._config.jid
         while True:
             await asyncio.sleep(interval)
+            if time.monotonic() - self.xmpp.last_inbound < interval:
+                continue  # traffic is flowing: no need to ask
+            sent = time.monotonic()
             try:
                 await self.xmpp.plugin["xep_0199"].send_ping(
                     server, timeout=min(interval, 30.0), ifrom=self._config.jid
@@ -183,6 +194,8 @@ class ComponentConnection:
             except IqError:
                 pass  # any answer, even an error, proves the stream is alive
             except IqTimeout:
+                if self.xmpp.last_inbound > sent:
+                    continue  # busy, not dead
                 log.warning("no answer to keepalive ping from %s; reconnecting", server)
                 self.xmpp.abort()
                 return
