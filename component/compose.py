@@ -49,6 +49,13 @@ class Composer:
         self._config = config
         self._openfire = openfire_engine
 
+    async def prefetch(self, session: AsyncSession, rows: list[OutboxItem]) -> None:
+        """Load the claim's registrations at once; `session.get` then finds them in the
+        identity map, so pushes need no query each."""
+        ids = {row.registration_id for row in rows if row.registration_id is not None}
+        if ids:
+            await session.execute(select(Registration).where(Registration.id.in_(ids)))
+
     async def compose(self, session: AsyncSession, row: OutboxItem) -> Ready | Drop:
         kind = self._config.channels[row.channel].type
         if kind == "fcm":

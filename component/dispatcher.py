@@ -13,18 +13,20 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from notifiers import Notifier, Outcome, SendResult
 
 from . import metrics, outbox, registrations
-from .committer import GroupCommitter
-from .compose import Composer, Drop, Ready, finish_open_row
+from .committer import Batched, GroupCommitter
+from .compose import AfterDelivery, Composer, Drop, Ready, finish_open_row
 from .config import DeliveryConfig
-from .store import OutboxItem, OutboxStatus, utcnow
+from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +114,12 @@ class Dispatcher:
                 await self._release([row.id for row in rows])
                 self._in_flight_ids.difference_update(row.id for row in rows)
                 return
+            composed = await self._compose(rows)
             for row in rows:
                 await self._capacity.acquire()
-                task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
+                task = asyncio.create_task(
+                    self._deliver(row, composed[row.id]), name=f"deliver-{row.id}"
+                )
                 self._in_flight.add(task)
                 task.add_done_callback(self._finished)
             if len(rows) < free or not free:
@@ -191,24 +196,41 @@ class Dispatcher:
         except Exception:
             log.warning("could not release %d leases; they expire by themselves", len(ids))
 
-    async def _deliver(self, row: OutboxItem) -> None:
-        notifier = self._notifiers.get(row.channel)
-        if notifier is None:
-            await self._record(row, SendResult.failed(f"channel {row.channel!r} not configured"))
-            return
+    async def _compose(self, rows: list[OutboxItem]) -> dict[int, Ready | Drop | SendResult]:
+        """Decide what each claimed row becomes, in one session for the whole claim."""
+        out: dict[int, Ready | Drop | SendResult] = {}
+        if not rows:
+            return out
         try:
             async with self._sessionmaker() as session, session.begin():
-                composed = await self._composer.compose(session, row)
+                await self._composer.prefetch(session, rows)
+                for row in rows:
+                    if row.channel not in self._notifiers:
+                        out[row.id] = SendResult.failed(f"channel {row.channel!r} not configured")
+                        continue
+                    try:
+                        out[row.id] = await self._composer.compose(session, row)
+                    except Exception as exc:
+                        log.warning(
+                            "outbox=%s could not be prepared; will retry", row.id, exc_info=True
+                        )
+                        out[row.id] = SendResult.retry(f"preparing failed: {type(exc).__name__}")
         except Exception as exc:
-            log.warning("outbox=%s could not be prepared; will retry", row.id, exc_info=True)
-            await self._record(row, SendResult.retry(f"preparing failed: {type(exc).__name__}"))
+            log.warning("preparing %d notifications failed; will retry", len(rows), exc_info=True)
+            for row in rows:
+                out[row.id] = SendResult.retry(f"preparing failed: {type(exc).__name__}")
+        return out
+
+    async def _deliver(self, row: OutboxItem, composed: Ready | Drop | SendResult) -> None:
+        if isinstance(composed, SendResult):
+            await self._record(row, composed)
             return
         if isinstance(composed, Drop):
             await self._record(row, None, drop=composed)
             return
         started = time.monotonic()
         try:
-            result = await notifier.send(composed.notification)
+            result = await self._notifiers[row.channel].send(composed.notification)
         except Exception as exc:  # notifiers must not raise; if one does, keep the row
             log.exception("notifier %s raised for outbox %s", row.channel, row.id)
             result = SendResult.retry(f"notifier error: {type(exc).__name__}")
@@ -224,75 +246,132 @@ class Dispatcher:
         drop: Drop | None = None,
         latency_ms: float | None = None,
     ) -> None:
-        attempt = row.attempts + (0 if drop else 1)
-        now = utcnow()
-        values: dict[str, object] = {"attempts": attempt, "lease_until": None}
-        if drop is not None:
-            status, reason = drop.status, drop.reason
-            final = OutboxStatus.CANCELLED if drop.status == "cancelled" else OutboxStatus.FAILED
-            values.update(status=final, finished_at=now, last_error=reason)
-        else:
-            assert result is not None
-            status, reason = result.outcome.value, result.reason
-            if result.outcome is Outcome.DELIVERED:
-                values.update(status=OutboxStatus.DELIVERED, finished_at=now, last_error=None)
-            elif result.outcome is Outcome.RETRY and attempt < self._config.max_attempts:
-                delay = backoff(attempt, self._config, result.retry_after)
-                values.update(
-                    due_at=now + dt.timedelta(seconds=delay),
-                    last_error=reason,
-                    failing_since=row.failing_since or now,
-                )
-            else:
-                if result.outcome is Outcome.RETRY:
-                    reason = f"gave up after {attempt} attempts: {reason}"
-                    status = "failed"
-                values.update(status=OutboxStatus.FAILED, finished_at=now, last_error=reason)
-        finished = values.get("status")
-        disable = result is not None and result.outcome is Outcome.TARGET_INVALID
-
-        async def work(session: AsyncSession) -> None:
-            await session.execute(
-                update(OutboxItem).where(OutboxItem.id == row.id).values(**values)
-            )
-            if disable and row.registration_id is not None:
-                await registrations.disable(session, row.registration_id, reason)
-            if finished == OutboxStatus.DELIVERED and ready and ready.after_delivery:
-                await ready.after_delivery(session)
-            if finished is not None:
-                moot = finished in (OutboxStatus.DELIVERED, OutboxStatus.CANCELLED)
-                await finish_open_row(session, row, moot)
-            await outbox.log_entry(
-                session,
-                at=now,
-                outbox_id=row.id,
-                account=row.account,
-                channel=row.channel,
-                target=ready.shown_target if ready else "-",
-                status=status,
-                error=reason or None,
-                attempt=attempt,
-                latency_ms=latency_ms,
-            )
-
+        record = outcome_record(
+            row, result, self._config, ready=ready, drop=drop, latency_ms=latency_ms
+        )
         try:
-            await self._committer.run(work)
+            await self._committer.add(RECORD, record)
         except Exception:
             # The lease will expire and the row be tried again: at-least-once.
             log.exception("could not record the outcome of outbox %s", row.id)
             return
-        if disable:
+        if record.disable_reason is not None:
             self._on_disabled()
-        _count(row.channel, status, reason, latency_ms)
-        log.info(
+        _count(row.channel, record.status, record.reason, latency_ms)
+        # Every attempt is in the delivery log table; at 1,000/s a log line for each
+        # success costs more than it tells. Anything else is worth a line.
+        log.log(
+            logging.DEBUG if record.status == "delivered" else logging.INFO,
             "outbox=%s account=%s channel=%s attempt=%d → %s%s",
             row.id,
             row.account,
             row.channel,
-            attempt,
-            status,
-            f" ({reason})" if reason else "",
+            record.values["attempts"],
+            record.status,
+            f" ({record.reason})" if record.reason else "",
         )
+
+
+@dataclass
+class OutcomeRecord:
+    """Everything one attempt changes, applied in bulk with the batch's other attempts."""
+
+    row: OutboxItem
+    values: dict[str, Any]  # the same keys for every record: one executemany
+    status: str
+    reason: str
+    log: dict[str, Any]
+    disable_reason: str | None = None
+    after_delivery: AfterDelivery | None = None
+
+
+def outcome_record(
+    row: OutboxItem,
+    result: SendResult | None,
+    config: DeliveryConfig,
+    *,
+    ready: Ready | None = None,
+    drop: Drop | None = None,
+    latency_ms: float | None = None,
+) -> OutcomeRecord:
+    attempt = row.attempts + (0 if drop else 1)
+    now = utcnow()
+    values: dict[str, Any] = {
+        "id": row.id,
+        "attempts": attempt,
+        "lease_until": None,
+        "status": OutboxStatus.PENDING,
+        "due_at": row.due_at,
+        "last_error": row.last_error,
+        "failing_since": row.failing_since,
+        "finished_at": None,
+    }
+    if drop is not None:
+        status, reason = drop.status, drop.reason
+        final = OutboxStatus.CANCELLED if drop.status == "cancelled" else OutboxStatus.FAILED
+        values.update(status=final, finished_at=now, last_error=reason)
+    else:
+        assert result is not None
+        status, reason = result.outcome.value, result.reason
+        if result.outcome is Outcome.DELIVERED:
+            values.update(status=OutboxStatus.DELIVERED, finished_at=now, last_error=None)
+        elif result.outcome is Outcome.RETRY and attempt < config.max_attempts:
+            values.update(
+                due_at=now + dt.timedelta(seconds=backoff(attempt, config, result.retry_after)),
+                last_error=reason,
+                failing_since=row.failing_since or now,
+            )
+        else:
+            if result.outcome is Outcome.RETRY:
+                reason = f"gave up after {attempt} attempts: {reason}"
+                status = "failed"
+            values.update(status=OutboxStatus.FAILED, finished_at=now, last_error=reason)
+    disable = (
+        reason
+        if result is not None
+        and result.outcome is Outcome.TARGET_INVALID
+        and row.registration_id is not None
+        else None
+    )
+    return OutcomeRecord(
+        row=row,
+        values=values,
+        status=status,
+        reason=reason,
+        log={
+            "at": now,
+            "outbox_id": row.id,
+            "account": row.account,
+            "channel": row.channel,
+            "target": ready.shown_target if ready else "-",
+            "status": status,
+            "error": reason or None,
+            "attempt": attempt,
+            "latency_ms": latency_ms,
+        },
+        disable_reason=disable,
+        after_delivery=ready.after_delivery
+        if ready and values["status"] == OutboxStatus.DELIVERED
+        else None,
+    )
+
+
+async def apply_outcomes(session: AsyncSession, records: Sequence[OutcomeRecord]) -> list[None]:
+    # One executemany UPDATE (by primary key) and one multi-row INSERT for the batch.
+    await session.execute(update(OutboxItem), [r.values for r in records])
+    await session.execute(insert(DeliveryLogEntry), [r.log for r in records])
+    for r in records:  # rare side effects, one by one
+        if r.disable_reason is not None and r.row.registration_id is not None:
+            await registrations.disable(session, r.row.registration_id, r.disable_reason)
+        if r.after_delivery is not None:
+            await r.after_delivery(session)
+        if r.values["status"] != OutboxStatus.PENDING:
+            moot = r.values["status"] in (OutboxStatus.DELIVERED, OutboxStatus.CANCELLED)
+            await finish_open_row(session, r.row, moot)
+    return [None] * len(records)
+
+
+RECORD = Batched("record-outcome", apply_outcomes)
 
 
 def _count(channel: str, status: str, reason: str, latency_ms: float | None) -> None:

@@ -80,13 +80,7 @@ class Ingest:
     async def publish(self, event: OfflineMessage, registration_channel: str) -> list[int]:
         rows, skips = self._policy.decide(event, registration_channel)
         self._limit(rows)
-
-        async def work(session: AsyncSession) -> list[int]:
-            ids = await outbox.enqueue(session, rows)
-            await _log_skips(session, skips)
-            return ids
-
-        ids = await self._committer.run(work)
+        ids = await self._committer.add(outbox.ENQUEUE, (rows, skips))
         if ids:
             self._on_enqueued()
         return ids

@@ -10,52 +10,94 @@ import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import metrics
+from .committer import Batched
 from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, utcnow
-
-_COLUMNS = (
-    "dedup_key",
-    "event",
-    "source",
-    "account",
-    "channel",
-    "registration_id",
-    "conversation",
-    "payload",
-    "due_at",
-)
 
 
 async def enqueue(session: AsyncSession, rows: Sequence[OutboxItem]) -> list[int]:
-    """Insert rows; a row whose dedup_key exists already is silently dropped.
+    """Insert rows in one statement; a row whose dedup_key exists already (or repeats
+    within `rows`) is dropped. Returns the ids of the rows actually inserted, in order."""
+    return [i for i in await enqueue_ids_in_order(session, rows) if i is not None]
 
-    Returns the ids of the rows actually inserted.
-    """
-    ids: list[int] = []
+
+def _values(row: OutboxItem, now: dt.datetime) -> dict[str, Any]:
+    # Every row names every column: a multi-row VALUES needs the same keys throughout.
+    return {
+        "dedup_key": row.dedup_key,
+        "event": row.event or "offline_message",
+        "source": row.source or "xep0357",
+        "account": row.account,
+        "channel": row.channel,
+        "registration_id": row.registration_id,
+        "conversation": row.conversation or "",
+        "payload": row.payload or {},
+        "due_at": row.due_at or now,
+        "status": OutboxStatus.PENDING,
+        "created_at": now,
+        "attempts": 0,
+    }
+
+
+def _insert_for(session: AsyncSession) -> Any:
     dialect = session.bind.dialect.name if session.bind else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    now = utcnow()
-    for row in rows:
-        # Unset attributes are left out so that the columns' defaults apply.
-        values: dict[str, Any] = {
-            c: getattr(row, c) for c in _COLUMNS if getattr(row, c) is not None
-        }
-        values.update(status=OutboxStatus.PENDING, created_at=now, attempts=0)
-        stmt = (
-            insert(OutboxItem)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["dedup_key"])
-            .returning(OutboxItem.id)
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+async def enqueue_decisions(
+    session: AsyncSession, decisions: Sequence[tuple[Sequence[OutboxItem], Sequence[Any]]]
+) -> list[list[int]]:
+    """Batched form for the group committer: (rows, skips) per caller, ids back each."""
+    all_rows = [row for rows, _ in decisions for row in rows]
+    ids = iter(await enqueue_ids_in_order(session, all_rows))
+    skips = [skip for _, found in decisions for skip in found]
+    if skips:
+        await session.execute(
+            insert(DeliveryLogEntry),
+            [
+                {
+                    "at": utcnow(),
+                    "account": s.account,
+                    "channel": s.channel,
+                    "status": "skipped",
+                    "error": s.reason,
+                    "target": "-",
+                    "attempt": 0,
+                }
+                for s in skips
+            ],
         )
-        inserted = (await session.execute(stmt)).scalar_one_or_none()
-        if inserted is not None:
-            ids.append(inserted)
+    return [[i for i in (next(ids) for _ in rows) if i is not None] for rows, _ in decisions]
+
+
+async def enqueue_ids_in_order(
+    session: AsyncSession, rows: Sequence[OutboxItem]
+) -> list[int | None]:
+    """Like `enqueue`, but one entry per row: its id, or None if it was a duplicate."""
+    if not rows:
+        return []
+    now = utcnow()
+    stmt = (
+        _insert_for(session)(OutboxItem)
+        .values([_values(row, now) for row in rows])
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(OutboxItem.id, OutboxItem.dedup_key)
+    )
+    inserted = {key: row_id for row_id, key in (await session.execute(stmt)).all()}
+    out: list[int | None] = []
+    for row in rows:
+        row_id = inserted.pop(row.dedup_key, None)
+        if row_id is not None:
             metrics.DECIDED.labels(row.channel, row.source or "xep0357").inc()
-    return ids
+        out.append(row_id)
+    return out
+
+
+ENQUEUE = Batched("enqueue", enqueue_decisions)
 
 
 async def claim_due(

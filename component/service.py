@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -25,7 +26,6 @@ from .compose import Composer
 from .config import Config
 from .dispatcher import Dispatcher
 from .errors import ComponentAuthError
-from .http import HttpServer
 from .ingest import Ingest
 from .policy import Policy
 from .ratelimit import TokenBuckets
@@ -33,6 +33,9 @@ from .registrations import NodeCache
 from .store import create_schema, make_engine, make_sessionmaker, utcnow
 from .watcher import Watcher
 from .xmpp import Component, ComponentConnection
+
+if TYPE_CHECKING:
+    from .http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +161,10 @@ class Service:
         if self.watcher is not None:
             tasks.add(asyncio.create_task(self.watcher.run(), name="watcher"))
         tasks.add(asyncio.create_task(refresh_gauges(sessionmaker), name="gauges"))
-        http = None
+        http: HttpServer | None = None
         if config.http is not None:
+            from .http import HttpServer  # aiohttp costs ~10 MB: only when asked for
+
             checks = {
                 "xmpp": _constant(lambda: connection.connected),
                 "storage": _answers(engine),

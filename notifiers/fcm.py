@@ -70,8 +70,10 @@ class FcmAnswer:
 class _SingleShotFCM(FCMNotification):
     """pyfcm with its hidden retry loops removed; remembers the last HTTP answer."""
 
-    def __init__(self, *args: Any, endpoint: str | None, **kwargs: Any) -> None:
-        super().__init__(*args, adapter=HTTPAdapter(max_retries=Retry(total=0)), **kwargs)
+    def __init__(self, *args: Any, endpoint: str | None, pool_size: int, **kwargs: Any) -> None:
+        # One pooled connection per worker thread; retries are the dispatcher's job.
+        adapter = HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=pool_size)
+        super().__init__(*args, adapter=adapter, **kwargs)
         if endpoint:
             self.FCM_END_POINT_BASE = f"{endpoint}/v1/projects"
         self.last_answer = threading.local()
@@ -177,6 +179,7 @@ class FcmNotifier(Notifier):
             service_account_file=str(config.service_account_file),
             project_id=config.project_id,
             endpoint=config.endpoint,
+            pool_size=config.concurrency,
         )
         return cls(name, client, config.timeout, config.concurrency)
 
