@@ -26,6 +26,7 @@ from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_process import OfnotifyProcess
 from tests.support.ofnotify_service import wait_for
 from tests.support.openfire_db import OpenfireDb
+from tests.support.push_client import offline_with_push
 from tests.support.smtp_server import SmtpServer
 from tests.support.xmpp_client import Client, connect_client
 from tests.support.xmpp_servers import XmppServer
@@ -96,13 +97,7 @@ async def start_and_wait(process: OfnotifyProcess, restarts: int) -> None:
 async def setup_push_user(prosody: XmppServer, openfire_db: OpenfireDb) -> Client:
     for user in ("alice", "bob"):
         prosody.register(user, "pw")
-    alice = await connect_client(prosody, "alice", "pw")
-    result = await alice.run_command(
-        prosody.component_jid, "register-push-fcm", {"token": "tok-crash", "device-id": "d"}
-    )
-    fields = {k: str(v) for k, v in result["fields"].items()}
-    await alice.enable_push(fields["jid"], fields["node"], fields["secret"])
-    await alice.go_offline()
+    await offline_with_push(prosody, "alice", "tok-crash")
     openfire_db.user_logged_out("alice")  # Openfire would say: alice is offline
     return await connect_client(prosody, "bob", "pw")
 

@@ -15,6 +15,7 @@ from component.logsetup import JsonFormatter
 from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_service import running_service, wait_for, write_config
 from tests.support.ports import free_port
+from tests.support.push_client import offline_with_push
 from tests.support.xmpp_client import connect_client
 from tests.support.xmpp_servers import XmppServer
 
@@ -56,15 +57,7 @@ async def test_metrics_and_health_follow_reality(
         status, body = await health(port)
         assert status == 200 and body["checks"] == {"xmpp": True, "storage": True}
         for user in ("alice", "carol"):
-            client = await connect_client(prosody, user, "pw")
-            result = await client.run_command(
-                prosody.component_jid,
-                "register-push-fcm",
-                {"token": f"tok-{user}", "device-id": "d"},
-            )
-            fields = {k: str(v) for k, v in result["fields"].items()}
-            await client.enable_push(fields["jid"], fields["node"], fields["secret"])
-            await client.go_offline()
+            await offline_with_push(prosody, user, f"tok-{user}")
         bob = await connect_client(prosody, "bob", "pw")
         await bob.send_chat("alice@example.test", "one")
         await bob.send_chat("alice@example.test", "two")

@@ -20,6 +20,7 @@ from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_service import delivery_log, running_service, wait_for
 from tests.support.openfire_db import OpenfireDb
 from tests.support.postgres import PostgresServer
+from tests.support.push_client import offline_with_push
 from tests.support.smtp_server import SmtpServer
 from tests.support.xmpp_client import Client, connect_client
 from tests.support.xmpp_servers import XmppServer
@@ -33,13 +34,7 @@ async def push_users(prosody: XmppServer, users: list[str], openfire_db: Openfir
     prosody.register("bob", "pw")
     for user in users:
         prosody.register(user, "pw")
-        client = await connect_client(prosody, user, "pw")
-        result = await client.run_command(
-            prosody.component_jid, "register-push-fcm", {"token": f"tok-{user}", "device-id": "d"}
-        )
-        fields = {k: str(v) for k, v in result["fields"].items()}
-        await client.enable_push(fields["jid"], fields["node"], fields["secret"])
-        await client.go_offline()
+        await offline_with_push(prosody, user, f"tok-{user}")
         openfire_db.user_logged_out(user)
     return await connect_client(prosody, "bob", "pw")
 

@@ -14,32 +14,11 @@ from component.config import load_config
 from component.service import EXIT_AUTH, Service
 from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
+from tests.support.push_client import offline_with_push, register_device
 from tests.support.xmpp_client import Client, XmppError, connect_client
 from tests.support.xmpp_servers import XmppServer
 
 pytestmark = pytest.mark.integration
-
-
-async def register_device(
-    server: XmppServer, user: str, token: str, device: str = "dev-1"
-) -> tuple[Client, dict[str, str]]:
-    client = await connect_client(server, user, "pw")
-    result = await client.run_command(
-        server.component_jid, "register-push-fcm", {"token": token, "device-id": device}
-    )
-    assert result["status"] == "completed"
-    fields = {k: str(v) for k, v in result["fields"].items()}
-    assert fields["jid"] == server.component_jid
-    return client, fields
-
-
-async def offline_with_push(
-    server: XmppServer, user: str, token: str, *, secret: str | None = None, node: str | None = None
-) -> dict[str, str]:
-    client, fields = await register_device(server, user, token)
-    await client.enable_push(fields["jid"], node or fields["node"], secret or fields["secret"])
-    await client.go_offline()
-    return fields
 
 
 @pytest.fixture
@@ -257,3 +236,17 @@ async def test_wrong_component_secret_stops_with_clear_error(
     assert code == EXIT_AUTH
     assert "rejected component" in caplog.text
     assert "wrong" not in caplog.text.replace("wrong or missing", "")
+
+
+async def test_disco_info_announces_a_push_service(
+    users: XmppServer, fake_fcm: FakeFcm, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path / "of.yaml", users, fake_fcm)
+    async with running_service(config_path):
+        alice = await connect_client(users, "alice", "pw")
+        info = await alice.xmpp.plugin["xep_0030"].get_info(jid=users.component_jid, timeout=10)
+        identities = {(c, t) for c, t, _, _ in info["disco_info"]["identities"]}
+        features = set(info["disco_info"]["features"])
+        assert ("pubsub", "push") in identities
+        assert {"urn:xmpp:push:0", "http://jabber.org/protocol/commands"} <= features
+        await alice.go_offline()

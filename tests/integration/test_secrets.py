@@ -15,7 +15,15 @@ from component.cli import main as cli
 from component.config import load_config
 from component.logsetup import setup_logging
 from tests.support.fake_fcm import FakeFcm, FcmReply
-from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
+from tests.support.ofnotify_service import (
+    delivery_log,
+    email_channel,
+    fcm_channel,
+    running_service,
+    wait_for,
+    write_config,
+)
+from tests.support.push_client import offline_with_push
 from tests.support.smtp_server import SmtpServer
 from tests.support.xmpp_client import connect_client
 from tests.support.xmpp_servers import ProsodyServer
@@ -56,21 +64,8 @@ async def test_no_secret_in_any_output(
         fake_fcm,
         privacy={"include_sender": True, "include_body": True},
         channels={
-            "phone": {
-                "type": "fcm",
-                "project_id": fake_fcm.project_id,
-                "service_account_file": str(fake_fcm.service_account_path),
-                "endpoint": fake_fcm.base_url,
-            },
-            "mail": {
-                "type": "email",
-                "host": "127.0.0.1",
-                "port": smtp.port,
-                "security": "none",
-                "username": "notifier",
-                "password": SMTP_PASSWORD,
-                "sender": "Chat <chat@example.test>",
-            },
+            "phone": fcm_channel(fake_fcm),
+            "mail": email_channel(smtp.port, username="notifier", password=SMTP_PASSWORD),
         },
         rules=[{"event": "offline_message", "channel": "phone"}],
         accounts={"alice@example.test": {"email": "alice@mail.example"}},
@@ -81,16 +76,8 @@ async def test_no_secret_in_any_output(
     try:
         async with running_service(config_path) as service:
             for user, token in (("alice", TOKEN), ("carol", DEAD_TOKEN)):
-                client = await connect_client(server, user, "pw")
-                result = await client.run_command(
-                    server.component_jid,
-                    "register-push-fcm",
-                    {"token": token, "device-id": f"dev-{user}"},
-                )
-                fields = {k: str(v) for k, v in result["fields"].items()}
+                fields = await offline_with_push(server, user, token, device=f"dev-{user}")
                 secrets += [fields["secret"], fields["node"]]
-                await client.enable_push(fields["jid"], fields["node"], fields["secret"])
-                await client.go_offline()
             # Dave points his pushes at Carol's node with a made-up secret: refused.
             dave = await connect_client(server, "dave", "pw")
             await dave.enable_push(server.component_jid, fields["node"], "forged-SECRET-123456")

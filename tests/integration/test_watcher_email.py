@@ -17,8 +17,16 @@ import pytest
 from component.config import load_config
 from tests.support.fake_fcm import FakeFcm
 from tests.support.ofnotify_process import OfnotifyProcess
-from tests.support.ofnotify_service import delivery_log, running_service, wait_for, write_config
+from tests.support.ofnotify_service import (
+    delivery_log,
+    email_channel,
+    fcm_channel,
+    running_service,
+    wait_for,
+    write_config,
+)
 from tests.support.openfire_db import OpenfireDb, displayed_stanza
+from tests.support.push_client import offline_with_push
 from tests.support.smtp_server import SmtpServer
 from tests.support.xmpp_client import connect_client
 from tests.support.xmpp_servers import XmppServer
@@ -46,20 +54,8 @@ def configure(
         fake_fcm,
         privacy={"include_sender": True, "include_body": True},
         channels={
-            "phone": {
-                "type": "fcm",
-                "project_id": fake_fcm.project_id,
-                "service_account_file": str(fake_fcm.service_account_path),
-                "endpoint": fake_fcm.base_url,
-            },
-            "mail": {
-                "type": "email",
-                "host": "127.0.0.1",
-                "port": smtp.port,
-                "security": "none",
-                "sender": "Chat <chat@example.test>",
-                "timeout": "5s",
-            },
+            "phone": fcm_channel(fake_fcm),
+            "mail": email_channel(smtp.port, timeout="5s"),
         },
         rules=rules
         or [
@@ -303,13 +299,7 @@ async def test_one_push_when_watcher_and_xep0357_both_see_it(
     )
     async with running_service(config) as service:
         await watcher_caught_up(service)
-        jenny = await connect_client(prosody, "jenny", "pw")
-        result = await jenny.run_command(
-            prosody.component_jid, "register-push-fcm", {"token": "tok-jenny", "device-id": "d1"}
-        )
-        fields = {k: str(v) for k, v in result["fields"].items()}
-        await jenny.enable_push(fields["jid"], fields["node"], fields["secret"])
-        await jenny.go_offline()
+        await offline_with_push(prosody, "jenny", "tok-jenny")
         openfire_db.user_logged_out("jenny")
         michael = await connect_client(prosody, "michael", "pw")
         await michael.send_chat(JENNY, "one message")  # the server publishes (XEP-0357)...

@@ -19,6 +19,29 @@ from tests.support.fake_fcm import FakeFcm
 from tests.support.xmpp_servers import XmppServer
 
 
+def fcm_channel(fcm: FakeFcm, **extra: Any) -> dict[str, Any]:
+    """An `fcm` channel pointed at the stand-in."""
+    return {
+        "type": "fcm",
+        "project_id": fcm.project_id,
+        "service_account_file": str(fcm.service_account_path),
+        "endpoint": fcm.base_url,
+        **extra,
+    }
+
+
+def email_channel(port: int, **extra: Any) -> dict[str, Any]:
+    """An `email` channel for the local SMTP server, plain (no TLS)."""
+    return {
+        "type": "email",
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "sender": "Chat <chat@example.test>",
+        **extra,
+    }
+
+
 def write_config(
     path: Path,
     server: XmppServer,
@@ -42,15 +65,7 @@ def write_config(
             "reconnect_max_delay": "2s",
         },
         "storage": {"url": storage_url or f"sqlite:///{path.parent / 'ofnotify.db'}"},
-        "channels": {
-            "phone": {
-                "type": "fcm",
-                "project_id": fcm.project_id,
-                "service_account_file": str(fcm.service_account_path),
-                "endpoint": fcm.base_url,
-                "timeout": "5s",
-            }
-        },
+        "channels": {"phone": fcm_channel(fcm, timeout="5s")},
         "rules": [{"event": "offline_message", "channel": "phone"}],
         "privacy": privacy or {"include_sender": True, "include_body": False},
         "delivery": delivery or {"max_attempts": 5, "backoff_initial": "0.2s", "backoff_max": "2s"},

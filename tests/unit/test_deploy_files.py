@@ -319,7 +319,7 @@ def test_the_image_has_the_documented_interface() -> None:
     assert steps["WORKDIR"] == "/var/lib/ofnotify"
     assert json.loads(steps["VOLUME"]) == ["/var/lib/ofnotify"]
     assert "OFNOTIFY_CONFIG=/etc/ofnotify/ofnotify.yaml" in steps["ENV"]
-    assert '/healthz' in steps["HEALTHCHECK"]  # ready = stream up and databases answer
+    assert "/healthz" in steps["HEALTHCHECK"]  # ready = stream up and databases answer
     builds = [args for kw, args in instructions() if kw == "RUN" and "pip install" in args]
     assert any('".[postgres]"' in args and "--no-cache-dir" in args for args in builds)
 
