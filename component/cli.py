@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import inspect as inspection
-from . import outbox
+from . import outbox, reports
 from .config import Config, exposes_secrets, load_config, resolve_config_path
 from .durations import parse_age
 from .errors import ConfigError
@@ -125,8 +124,8 @@ def deliveries(
         since_seconds = parse_age(since) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    flt = inspection.DeliveryFilter(user, channel, status, since_seconds, outbox_id, limit)
-    rows = _with_session(config, lambda s: inspection.deliveries(s, flt))
+    flt = reports.DeliveryFilter(user, channel, status, since_seconds, outbox_id, limit)
+    rows = _with_session(config, lambda s: reports.deliveries(s, flt))
     _print(
         rows,
         as_json,
@@ -151,7 +150,7 @@ def deliveries(
 def registrations(config_path: str | None, user: str | None, as_json: bool) -> None:
     """List push registrations (tokens and nodes shortened)."""
     _, config = _load(config_path)
-    rows = _with_session(config, lambda s: inspection.registrations(s, user))
+    rows = _with_session(config, lambda s: reports.registrations(s, user))
     _print(
         rows,
         as_json,
@@ -205,7 +204,7 @@ def _print(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> Non
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
     else:
-        click.echo(inspection.table(rows, columns))
+        click.echo(reports.table(rows, columns))
 
 
 if __name__ == "__main__":

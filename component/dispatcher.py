@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from notifiers import Notifier, Outcome, SendResult
@@ -386,12 +386,3 @@ def _count(channel: str, status: str, reason: str, latency_ms: float | None) -> 
     else:
         kind = "attempts_exhausted" if reason.startswith("gave up") else status
         metrics.FAILED.labels(channel, kind if kind != "failed" else "permanent").inc()
-
-
-async def pending_count(session: AsyncSession) -> int:
-    stmt = (
-        select(func.count())
-        .select_from(OutboxItem)
-        .where(OutboxItem.status == OutboxStatus.PENDING)
-    )
-    return int((await session.execute(stmt)).scalar_one())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 
 def shorten(value: str | None, keep: int = 4) -> str:
     """`abcdef…wxyz`: enough for an operator to match a device, useless to an attacker."""
@@ -12,11 +10,6 @@ def shorten(value: str | None, keep: int = 4) -> str:
     if len(value) <= 2 * keep + 4:
         return value[:2] + "…"
     return f"{value[:keep]}…{value[-keep:]}"
-
-
-def fingerprint(value: str) -> str:
-    """Stable short hash, for correlating log lines without revealing the value."""
-    return hashlib.sha256(value.encode()).hexdigest()[:10]
 
 
 def mask_email(address: str | None) -> str:
