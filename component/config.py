@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -33,6 +33,20 @@ CONFIG_ENV = "OFNOTIFY_CONFIG"
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*$"
 )
+
+
+def _readable_file(value: Path) -> Path:
+    # pydantic's FilePath lets OSError out (e.g. a name too long); every failure here is
+    # a problem with the operator's value, so say it like one.
+    try:
+        if value.is_file():
+            return value
+    except OSError as exc:
+        raise ValueError(f"cannot be checked: {exc.strerror}") from None
+    raise ValueError("is not an existing file")
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 
 class Strict(BaseModel):
@@ -72,7 +86,7 @@ class StorageConfig(Strict):
 class FcmChannelConfig(Strict):
     type: Literal["fcm"]
     project_id: str = Field(min_length=1)
-    service_account_file: FilePath
+    service_account_file: ReadableFile
     endpoint: str | None = Field(
         None, description="Base URL replacing https://fcm.googleapis.com (emulator, proxy)"
     )
