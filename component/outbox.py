@@ -11,12 +11,11 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import metrics
 from .committer import Batched
-from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, utcnow
+from .store import DeliveryLogEntry, OutboxItem, OutboxStatus, dialect_insert, utcnow
 
 
 async def enqueue(session: AsyncSession, rows: Sequence[OutboxItem]) -> list[int]:
@@ -41,11 +40,6 @@ def _values(row: OutboxItem, now: dt.datetime) -> dict[str, Any]:
         "created_at": now,
         "attempts": 0,
     }
-
-
-def _insert_for(session: AsyncSession) -> Any:
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 async def enqueue_decisions(
@@ -82,7 +76,7 @@ async def enqueue_ids_in_order(
         return []
     now = utcnow()
     stmt = (
-        _insert_for(session)(OutboxItem)
+        dialect_insert(session)(OutboxItem)
         .values([_values(row, now) for row in rows])
         .on_conflict_do_nothing(index_elements=["dedup_key"])
         .returning(OutboxItem.id, OutboxItem.dedup_key)

@@ -100,9 +100,10 @@ class Policy:
             devices = registrations.get(rule.channel, ())
             if not devices:
                 return [], Skip(event.account, rule.channel, "no push registration")
-            assert self._config.openfire is not None  # watcher events need it
             # Give the server's own XEP-0357 publish of this message time to arrive.
-            grace = now + dt.timedelta(seconds=max(rule.delay, self._config.openfire.push_grace))
+            openfire = self._config.openfire
+            push_grace = openfire.push_grace if openfire is not None else 0.0
+            grace = now + dt.timedelta(seconds=max(rule.delay, push_grace))
             return [
                 row(f"{event.dedup_key}:{rule.channel}:{reg}", reg, grace) for reg in devices
             ], None

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterable
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import outbox
@@ -24,15 +23,11 @@ from .store import (
     OutboxItem,
     OutboxStatus,
     ReadState,
+    dialect_insert,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
-
-
-def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 async def record_missed(
@@ -48,7 +43,7 @@ async def record_missed(
 ) -> int | None:
     """Store a missed message; None if this source_key was recorded before."""
     stmt = (
-        _insert(session)(MissedMessage)
+        dialect_insert(session)(MissedMessage)
         .values(
             account=account,
             conversation=conversation,

@@ -29,8 +29,14 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -199,6 +205,12 @@ class WatcherState(Base):
     high_message_id: Mapped[int] = mapped_column(Integer, default=0)
     cursor_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # creationDate, epoch ms
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def dialect_insert(session: AsyncSession) -> Any:
+    """INSERT with ON CONFLICT support for the session's database (SQLite or PostgreSQL)."""
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def async_url(url: str) -> str:
