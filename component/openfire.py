@@ -91,18 +91,20 @@ def as_openfire_date(ms: int) -> str:
 
 
 async def new_keys(
-    conn: AsyncConnection, above_id: int, since_ms: int
+    conn: AsyncConnection, above_id: int, since_ms: int | None = None
 ) -> list[tuple[str, int, int]]:
-    """Keys (no stanzas) of rows past our cursor.
+    """Keys (no stanzas) of rows past our cursor; the caller filters keys it knows.
 
-    Either test alone can miss rows: IDs come in blocks per cluster node (a node may
-    still hand out IDs below our high-water mark), and creation dates come from each
-    node's clock. Together they are robust; the caller filters keys it already knows.
+    `messageID > above_id` reads only the primary-key index. IDs come in blocks per
+    cluster node, so a quiet node can still hand out IDs below our high-water mark:
+    `since_ms` adds the creation-date test that finds those, at the price of a full
+    scan (Openfire indexes neither column), so callers ask for it only now and then.
     """
     c = of_offline.c
-    stmt = select(c.username, c.messageID, c.creationDate).where(
-        (c.messageID > above_id) | (c.creationDate >= as_openfire_date(since_ms))
-    )
+    condition = c.messageID > above_id
+    if since_ms is not None:
+        condition = condition | (c.creationDate >= as_openfire_date(since_ms))
+    stmt = select(c.username, c.messageID, c.creationDate).where(condition)
     rows = (await conn.execute(stmt)).all()
     return [(r[0], int(r[1]), millis(r[2])) for r in rows]
 

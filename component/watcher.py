@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 
 # Rows written by a node whose clock lags, or committed late, land behind the cursor.
 OVERLAP_MS = 10_000
+# IDs just below the high-water mark are re-read each poll (a transaction that took an
+# ID earlier may commit later); the full scan for far-behind cluster blocks runs only
+# every FULL_SCAN_EVERY polls.
+ID_WINDOW = 1_000
+FULL_SCAN_EVERY = 10
+# Accounts whose pending notifications are re-checked for deliveries in one poll; the
+# send-time check covers the rest, this only makes cancellations prompt.
+RECHECK_PER_POLL = 100
 MAX_KNOWN_KEYS = 200_000
 NOTIFIABLE_TYPES = {"chat", "normal"}
 
@@ -66,6 +74,8 @@ class Watcher:
         # Keys handled in the overlap window; bounded, oldest forgotten first.
         self._known: OrderedDict[openfire.Key, int] = OrderedDict()
         self._bad_keys: set[openfire.Key] = set()
+        self._polls = 0
+        self._recheck_after = ""  # rotating position among accounts to re-check
         self.last_poll: PollStats = PollStats()
         self.last_success: float | None = None
         self.caught_up = asyncio.Event()  # set after the first successful poll
@@ -109,8 +119,11 @@ class Watcher:
             await self._load_position()
         stats = PollStats()
         db_started = time.monotonic()
+        self._polls += 1
+        full_scan = self._polls % FULL_SCAN_EVERY == 1
+        since = self._cursor_ms - OVERLAP_MS if full_scan else None
         async with self._engine.connect() as conn:
-            keys = await openfire.new_keys(conn, self._high_id, self._cursor_ms - OVERLAP_MS)
+            keys = await openfire.new_keys(conn, self._high_id - ID_WINDOW, since)
             fresh = [(u, m) for u, m, _ in keys if (u, m) not in self._known]
             rows = await openfire.stanzas(conn, fresh) if fresh else []
             watched = await self._accounts_to_recheck()
@@ -168,15 +181,23 @@ class Watcher:
         )
 
     async def _accounts_to_recheck(self) -> list[str]:
-        """Usernames whose pending notifications a delivery would cancel."""
+        """Usernames whose pending notifications a delivery would cancel, a bounded
+        number per poll, taking turns."""
         suffix = f"@{self._config.domain}"
         async with self._sessionmaker() as session:
             stmt = (
                 select(OutboxItem.account)
-                .where(OutboxItem.status == OutboxStatus.PENDING, OutboxItem.source == "watcher")
+                .where(
+                    OutboxItem.status == OutboxStatus.PENDING,
+                    OutboxItem.source == "watcher",
+                    OutboxItem.account > self._recheck_after,
+                )
                 .distinct()
+                .order_by(OutboxItem.account)
+                .limit(RECHECK_PER_POLL)
             )
             accounts = list((await session.execute(stmt)).scalars())
+        self._recheck_after = accounts[-1] if len(accounts) == RECHECK_PER_POLL else ""
         return [a[: -len(suffix)] for a in accounts if a.endswith(suffix)]
 
     async def _vanished(
@@ -196,10 +217,15 @@ class Watcher:
         return gone
 
     def _forget_old(self) -> None:
+        """Forget keys no query can return again: older than the date overlap and
+        below the ID window."""
         horizon = self._cursor_ms - 2 * OVERLAP_MS
-        while self._known and (
-            len(self._known) > MAX_KNOWN_KEYS or next(iter(self._known.values())) < horizon
-        ):
+        lowest_id = self._high_id - ID_WINDOW
+        while self._known:
+            (_, message_id), created = next(iter(self._known.items()))
+            rereadable = created >= horizon or message_id > lowest_id
+            if len(self._known) <= MAX_KNOWN_KEYS and rereadable:
+                break
             self._known.popitem(last=False)
 
 
