@@ -29,6 +29,7 @@ from psycopg import sql
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bench.stats import percentile
 from component.committer import GroupCommitter
 from component.config import Config, parse_config
 from component.ingest import Ingest, WatcherBatch
@@ -42,21 +43,6 @@ DOMAIN = "example.com"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------- figures
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
-
-
-def quantiles(values: Iterable[float], qs: Sequence[float] = (0.5, 0.95, 0.99, 1.0)) -> list[float]:
-    s = sorted(values)
-    return [percentile(s, q) for q in qs]
 
 
 def fmt_ms(values_s: Iterable[float], qs: Sequence[tuple[str, float]] | None = None) -> str:

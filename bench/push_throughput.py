@@ -46,6 +46,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import yaml
 
+from bench.stats import percentile
 from tests.support.fake_fcm import FakeFcm, FcmRequest
 from tests.support.ofnotify_service import write_config
 from tests.support.xmpp_client import Client, XmppError, connect_client
@@ -143,16 +144,6 @@ def code_version() -> str:
     changed = len(dirty.splitlines())
     return f"{head}" + (f" + {changed} uncommitted file(s) in component/, notifiers/"
                         if changed else "")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def distribution(values_ms: Sequence[float]) -> str:

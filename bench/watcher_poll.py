@@ -55,8 +55,8 @@ from .openfire_pipeline import (
     fmt_ms,
     make_config,
     plan_summary,
-    quantiles,
 )
+from .stats import quantiles
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_DETECTION_EXTRA_MS = 200.0  # p99 detection ≤ poll interval + 200 ms
@@ -171,26 +171,33 @@ def alternatives() -> list[Alternative]:
         Alternative("creationDate >= Y, 1 s window", [q_date_window(1_000)]),
         Alternative("creationDate >= Y, 60 s window", [q_date_window(60_000)]),
         Alternative("split, both queries", [q_id_only, q_date_only]),
-        Alternative("messageID > X, PK index-only scan (SET LOCAL enable_seqscan = off)",
-                    [q_id_only], seqscan_off),
-        Alternative("messageID > X selecting (username, messageID) only",
-                    [q_id_only_pk_columns]),
-        Alternative("split, with the PK scan: (username, messageID) + creationDate >= Y",
-                    [q_id_only_pk_columns, q_date_only]),
-        Alternative("messageID > X - 1000 alone (an ID window instead of a date window)",
-                    [q_id_window(1000)]),
+        Alternative(
+            "messageID > X, PK index-only scan (SET LOCAL enable_seqscan = off)",
+            [q_id_only],
+            seqscan_off,
+        ),
+        Alternative("messageID > X selecting (username, messageID) only", [q_id_only_pk_columns]),
+        Alternative(
+            "split, with the PK scan: (username, messageID) + creationDate >= Y",
+            [q_id_only_pk_columns, q_date_only],
+        ),
+        Alternative(
+            "messageID > X - 1000 alone (an ID window instead of a date window)",
+            [q_id_window(1000)],
+        ),
     ]
 
 
 def indexed_alternatives() -> list[Alternative]:
     note = "needs CREATE INDEX on Openfire's table (Openfire does not create these)"
     return [
-        Alternative("now: OR query, with indexes on messageID and creationDate",
-                    [q_current], note=note),
-        Alternative("split 1/2: messageID > X, with an index on messageID",
-                    [q_id_only], note=note),
-        Alternative("split 2/2: creationDate >= Y, with an index on creationDate",
-                    [q_date_only], note=note),
+        Alternative(
+            "now: OR query, with indexes on messageID and creationDate", [q_current], note=note
+        ),
+        Alternative("split 1/2: messageID > X, with an index on messageID", [q_id_only], note=note),
+        Alternative(
+            "split 2/2: creationDate >= Y, with an index on creationDate", [q_date_only], note=note
+        ),
     ]
 
 
@@ -212,8 +219,13 @@ class AltResult:
 
 
 async def measure(
-    pipeline: Pipeline, pg: OpenfirePostgres, alt: Alternative, high: int, since_ms: int,
-    runs: int, warmup: int = 12,
+    pipeline: Pipeline,
+    pg: OpenfirePostgres,
+    alt: Alternative,
+    high: int,
+    since_ms: int,
+    runs: int,
+    warmup: int = 12,
 ) -> AltResult:
     """Each alternative on one held connection, like the watcher's pooled one: psycopg
     prepares a statement on its 5th execution and PostgreSQL may then switch to a
@@ -243,10 +255,20 @@ async def measure(
         await conn.rollback()
     plans, generic = [], []
     for statement, params in captured:
-        plans.append(plan_summary(await asyncio.to_thread(
-            explain, pg.conninfo, statement, params, settings=alt.settings)))
-        generic.append(plan_summary(await asyncio.to_thread(
-            explain, pg.conninfo, statement, params, settings=alt.settings, generic=True)))
+        plans.append(
+            plan_summary(
+                await asyncio.to_thread(
+                    explain, pg.conninfo, statement, params, settings=alt.settings
+                )
+            )
+        )
+        generic.append(
+            plan_summary(
+                await asyncio.to_thread(
+                    explain, pg.conninfo, statement, params, settings=alt.settings, generic=True
+                )
+            )
+        )
     return AltResult(alt, times, rows, plans, generic, captured)
 
 
@@ -321,12 +343,16 @@ class WatcherBench:
 
         count, avg_len = await asyncio.to_thread(fill)
         sizes = await asyncio.to_thread(self.pg.sizes)
-        self.progress(f"ofOffline: {count} rows for {n_users} users in "
-                      f"{time.monotonic() - started:.1f} s (COPY + VACUUM ANALYZE), "
-                      f"stanzas {avg_len:.0f} chars on average")
+        self.progress(
+            f"ofOffline: {count} rows for {n_users} users in "
+            f"{time.monotonic() - started:.1f} s (COPY + VACUUM ANALYZE), "
+            f"stanzas {avg_len:.0f} chars on average"
+        )
 
         config = make_config(
-            workdir=self.workdir, openfire_url=self.pg.database_url, smtp_port=2525,
+            workdir=self.workdir,
+            openfire_url=self.pg.database_url,
+            smtp_port=2525,
             poll_interval=args.poll_interval,
             rule={"delay": args.email_delay, "digest": True, "min_interval": "1h"},
         )
@@ -342,22 +368,26 @@ class WatcherBench:
         if not args.skip_alternatives:
             self.progress("measuring the new-keys query and alternatives")
             for alt in alternatives():
-                alt_results.append(await measure(pipeline, self.pg, alt, high, since_ms,
-                                                 args.query_runs))
+                alt_results.append(
+                    await measure(pipeline, self.pg, alt, high, since_ms, args.query_runs)
+                )
             statement, params = alt_results[0].statements[0]
             current_plan = await asyncio.to_thread(explain, self.pg.conninfo, statement, params)
             generic_plan = await asyncio.to_thread(
-                explain, self.pg.conninfo, statement, params, generic=True)
+                explain, self.pg.conninfo, statement, params, generic=True
+            )
             self.current_sql = (statement, params)
             with self.pg.connect() as conn:
                 for ddl in INDEX_DDL:
                     conn.execute(ddl)  # type: ignore[arg-type]
                 conn.execute("ANALYZE ofOffline")
             for alt in indexed_alternatives():
-                alt_results.append(await measure(pipeline, self.pg, alt, high, since_ms,
-                                                 args.query_runs))
+                alt_results.append(
+                    await measure(pipeline, self.pg, alt, high, since_ms, args.query_runs)
+                )
             recheck = await measure_recheck(
-                pipeline, users, sorted({min(n, len(users)) for n in (100, 1000, 5000)}))
+                pipeline, users, sorted({min(n, len(users)) for n in (100, 1000, 5000)})
+            )
             with self.pg.connect() as conn:
                 for ddl in DROP_INDEX_DDL:
                     conn.execute(ddl)  # type: ignore[arg-type]
@@ -369,15 +399,19 @@ class WatcherBench:
         task = asyncio.create_task(pipeline.watcher.run(), name="watcher")
         try:
             await asyncio.wait_for(pipeline.watcher.caught_up.wait(), timeout=30)
-            self.progress(f"watcher started (poll interval {poll_interval:g} s); idle for "
-                          f"{args.idle_seconds:g} s")
+            self.progress(
+                f"watcher started (poll interval {poll_interval:g} s); idle for "
+                f"{args.idle_seconds:g} s"
+            )
             idle_start = time.monotonic()
             await asyncio.sleep(args.idle_seconds)
             idle_end = time.monotonic()
 
             inserter = Inserter(self.pg.conninfo, writer, users, args.rate, args.seconds)
-            self.progress(f"storing {int(args.rate * args.seconds)} offline messages at "
-                          f"{args.rate:g}/s for {args.seconds:g} s")
+            self.progress(
+                f"storing {int(args.rate * args.seconds)} offline messages at "
+                f"{args.rate:g}/s for {args.seconds:g} s"
+            )
             before = CpuSnapshot.take(self.pg.pid)
             load_start = time.monotonic()
             await asyncio.to_thread(inserter.run)
@@ -407,22 +441,45 @@ class WatcherBench:
         final_rows = (await asyncio.to_thread(self.pg.sizes))["rows"]
 
         self.report(
-            count=count, n_users=n_users, avg_len=avg_len, sizes=sizes, final_rows=final_rows,
-            poll_interval=poll_interval, inserter=inserter,
-            idle=(idle_start, idle_end), load=(load_start, settle_end), load_end=load_end,
-            before=before, after=after, alt_results=alt_results, recheck=recheck,
-            current_plan=current_plan, generic_plan=generic_plan,
+            count=count,
+            n_users=n_users,
+            avg_len=avg_len,
+            sizes=sizes,
+            final_rows=final_rows,
+            poll_interval=poll_interval,
+            inserter=inserter,
+            idle=(idle_start, idle_end),
+            load=(load_start, settle_end),
+            load_end=load_end,
+            before=before,
+            after=after,
+            alt_results=alt_results,
+            recheck=recheck,
+            current_plan=current_plan,
+            generic_plan=generic_plan,
         )
 
     # -- report ------------------------------------------------------------------------
 
     def report(
-        self, *, count: int, n_users: int, avg_len: float, sizes: dict[str, int],
-        final_rows: int, poll_interval: float, inserter: Inserter,
-        idle: tuple[float, float], load: tuple[float, float], load_end: float,
-        before: CpuSnapshot, after: CpuSnapshot, alt_results: list[AltResult],
+        self,
+        *,
+        count: int,
+        n_users: int,
+        avg_len: float,
+        sizes: dict[str, int],
+        final_rows: int,
+        poll_interval: float,
+        inserter: Inserter,
+        idle: tuple[float, float],
+        load: tuple[float, float],
+        load_end: float,
+        before: CpuSnapshot,
+        after: CpuSnapshot,
+        alt_results: list[AltResult],
         recheck: list[tuple[int, int, list[float]]],
-        current_plan: list[str], generic_plan: list[str],
+        current_plan: list[str],
+        generic_plan: list[str],
     ) -> None:
         args = self.args
         assert self.pipeline is not None
@@ -437,80 +494,114 @@ class WatcherBench:
 
         o = self.out
         o("")
-        o(f"ofnotify watcher benchmark — ofOffline {count:,} rows ({n_users:,} users x "
-          f"{args.rows_per_user}), new messages at {args.rate:g}/s for {args.seconds:g} s, "
-          f"poll interval {args.poll_interval}")
-        o(f"ofnotify code: {code_version(REPO)}; rule: email digest, delay {args.email_delay}, "
-          "min_interval 1h (the example file's); store SQLite; Openfire on PostgreSQL "
-          f"{self.pg_version()}, psycopg async driver")
-        o(f"ofOffline       {count:,} rows at the start, {final_rows:,} at the end; stanzas "
-          f"{avg_len:.0f} chars on average; heap {sizes['heap'] / 2**20:.1f} MiB, PK index "
-          f"{sizes['indexes'] / 2**20:.1f} MiB")
-        o(f"inserted        {len(inserter.committed)} messages ({offered:.0f}/s achieved; "
-          f"{len(inserter.late)} INSERTs started late"
-          + (f", by up to {max(inserter.late) * 1000:.0f} ms" if inserter.late else "") + ")")
+        o(
+            f"ofnotify watcher benchmark — ofOffline {count:,} rows ({n_users:,} users x "
+            f"{args.rows_per_user}), new messages at {args.rate:g}/s for {args.seconds:g} s, "
+            f"poll interval {args.poll_interval}"
+        )
+        o(
+            f"ofnotify code: {code_version(REPO)}; rule: email digest, delay {args.email_delay}, "
+            "min_interval 1h (the example file's); store SQLite; Openfire on PostgreSQL "
+            f"{self.pg_version()}, psycopg async driver"
+        )
+        o(
+            f"ofOffline       {count:,} rows at the start, {final_rows:,} at the end; stanzas "
+            f"{avg_len:.0f} chars on average; heap {sizes['heap'] / 2**20:.1f} MiB, PK index "
+            f"{sizes['indexes'] / 2**20:.1f} MiB"
+        )
+        o(
+            f"inserted        {len(inserter.committed)} messages ({offered:.0f}/s achieved; "
+            f"{len(inserter.late)} INSERTs started late"
+            + (f", by up to {max(inserter.late) * 1000:.0f} ms" if inserter.late else "")
+            + ")"
+        )
         o("")
         target = poll_interval * 1000 + TARGET_DETECTION_EXTRA_MS
         p99 = quantiles(latencies, (0.99,))[0] * 1000 if latencies else float("nan")
         o(f"detection       {fmt_ms(latencies)}   INSERT committed → watcher batch committed")
-        o(f"                target p99 ≤ poll interval + {TARGET_DETECTION_EXTRA_MS:.0f} ms "
-          f"= {target:.0f} ms: measured p99 {p99:.0f} ms"
-          + (f"; {missing} messages NOT detected" if missing else "; all detected"))
+        o(
+            f"                target p99 ≤ poll interval + {TARGET_DETECTION_EXTRA_MS:.0f} ms "
+            f"= {target:.0f} ms: measured p99 {p99:.0f} ms"
+            + (f"; {missing} messages NOT detected" if missing else "; all detected")
+        )
         batches = [b for b in pipeline.ingest.batches if b[2] and load[0] <= b[0] <= load[1]]
         if batches:
             busy = sum(b[1] - b[0] for b in batches)
             n_msgs = sum(b[2] for b in batches)
-            o(f"  ingest        {fmt_ms(b[1] - b[0] for b in batches)}   per batch: Ingest."
-              f"watcher into SQLite, {n_msgs / len(batches):.0f} messages per batch on average")
-            o(f"                {n_msgs / busy if busy else 0:,.0f} messages/s while ingesting "
-              f"({busy / n_msgs * 1000 if n_msgs else 0:.2f} ms per message): the watcher's "
-              f"ceiling with this rule, against {args.rate:g}/s offered")
+            o(
+                f"  ingest        {fmt_ms(b[1] - b[0] for b in batches)}   per batch: Ingest."
+                f"watcher into SQLite, {n_msgs / len(batches):.0f} messages per batch on average"
+            )
+            o(
+                f"                {n_msgs / busy if busy else 0:,.0f} messages/s while ingesting "
+                f"({busy / n_msgs * 1000 if n_msgs else 0:.2f} ms per message): the watcher's "
+                f"ceiling with this rule, against {args.rate:g}/s offered"
+            )
         o("")
-        o(f"watcher DB time per poll (last_poll.db_seconds: new_keys + stanzas + pending-"
-          f"account lookup in ofnotify's store + present_keys)   [target < {TARGET_DB_MS:.0f} "
-          "ms at 100,000 rows]")
+        o(
+            f"watcher DB time per poll (last_poll.db_seconds: new_keys + stanzas + pending-"
+            f"account lookup in ofnotify's store + present_keys)   [target < {TARGET_DB_MS:.0f} "
+            "ms at 100,000 rows]"
+        )
         for name, group in (("idle", idle_polls), ("under load", load_polls)):
             values = [p.stats.db_seconds for p in group]
             p50, p99v, mx = quantiles(values, (0.5, 0.99, 1.0))
-            o(f"  {name:<12}  p50 {p50 * 1000:7.1f}  p99 {p99v * 1000:7.1f}  max "
-              f"{mx * 1000:7.1f} ms  ({len(values)} polls)")
+            o(
+                f"  {name:<12}  p50 {p50 * 1000:7.1f}  p99 {p99v * 1000:7.1f}  max "
+                f"{mx * 1000:7.1f} ms  ({len(values)} polls)"
+            )
         if load_polls:
             third = max(1, len(load_polls) // 3)
             first, last = load_polls[:third], load_polls[-third:]
-            o("  under load, first third vs last third of the polls: p50 "
-              f"{quantiles([p.stats.db_seconds for p in first], (0.5,))[0] * 1000:.1f} ms → "
-              f"{quantiles([p.stats.db_seconds for p in last], (0.5,))[0] * 1000:.1f} ms")
+            o(
+                "  under load, first third vs last third of the polls: p50 "
+                f"{quantiles([p.stats.db_seconds for p in first], (0.5,))[0] * 1000:.1f} ms → "
+                f"{quantiles([p.stats.db_seconds for p in last], (0.5,))[0] * 1000:.1f} ms"
+            )
             wall = [p.finished - p.started for p in load_polls]
             o(f"  whole poll    {fmt_ms(wall)}   (wall, including Ingest's SQLite commit)")
             o("  where a poll's DB time goes under load (sum per poll: p50 / max ms):")
             parts: dict[str, list[float]] = {}
             rest: list[float] = []
             for poll in load_polls:
-                inside = [q for q in pipeline.queries.samples
-                          if poll.started <= q.finished <= poll.finished
-                          and not q.label.startswith("user_info")]
+                inside = [
+                    q
+                    for q in pipeline.queries.samples
+                    if poll.started <= q.finished <= poll.finished
+                    and not q.label.startswith("user_info")
+                ]
                 for label in {q.label for q in inside} | set(parts):
                     parts.setdefault(label, []).append(
-                        sum(q.seconds for q in inside if q.label == label))
+                        sum(q.seconds for q in inside if q.label == label)
+                    )
                 rest.append(poll.stats.db_seconds - sum(q.seconds for q in inside))
             for label, values in sorted(parts.items()):
                 p50, mx = quantiles(values, (0.5, 1.0))
                 o(f"    {label:<26} {p50 * 1000:7.1f} / {mx * 1000:7.1f}")
             p50, mx = quantiles(rest, (0.5, 1.0))
-            o(f"    {'rest (pool checkout + pre-ping, pending accounts in SQLite)':<26} "
-              f"{p50 * 1000:7.1f} / {mx * 1000:7.1f}")
-        o("per statement on the Openfire database (SQLAlchemy cursor events; wall time as "
-          "the event loop sees it):")
+            o(
+                f"    {'rest (pool checkout + pre-ping, pending accounts in SQLite)':<26} "
+                f"{p50 * 1000:7.1f} / {mx * 1000:7.1f}"
+            )
+        o(
+            "per statement on the Openfire database (SQLAlchemy cursor events; wall time as "
+            "the event loop sees it):"
+        )
         for name, window, group in (("idle", idle, idle_polls), ("load", load, load_polls)):
             samples = pipeline.queries.between(*window)
             for label, items in sorted(by_label(samples).items()):
                 rows = [s.rows for s in items if s.rows >= 0]
-                o(f"  {name:<5} {label:<24} {self.dist(items)}  rows/stmt "
-                  f"{(sum(rows) / len(rows)) if rows else 0:,.0f} (max {max(rows, default=0):,})")
+                o(
+                    f"  {name:<5} {label:<24} {self.dist(items)}  rows/stmt "
+                    f"{(sum(rows) / len(rows)) if rows else 0:,.0f} (max {max(rows, default=0):,})"
+                )
             if name == "load" and group:
                 per_poll = [
-                    sum(s.seconds for s in samples
-                        if p.started <= s.finished <= p.finished and s.label.startswith("new_keys"))
+                    sum(
+                        s.seconds
+                        for s in samples
+                        if p.started <= s.finished <= p.finished and s.label.startswith("new_keys")
+                    )
                     for p in group
                 ]
                 o(f"  load  new_keys per poll      {fmt_ms(per_poll)}")
@@ -519,9 +610,11 @@ class WatcherBench:
         if store and ingested:
             total = sum(len(v) for v in store.values())
             seconds = sum(x.seconds for v in store.values() for x in v)
-            o(f"ofnotify's store (SQLite) under load: {total / ingested:.1f} statements and "
-              f"{seconds / ingested * 1000:.2f} ms of statement time per message ingested; the "
-              "most frequent (count per message, mean ms):")
+            o(
+                f"ofnotify's store (SQLite) under load: {total / ingested:.1f} statements and "
+                f"{seconds / ingested * 1000:.2f} ms of statement time per message ingested; the "
+                "most frequent (count per message, mean ms):"
+            )
             for label, items in sorted(store.items(), key=lambda kv: -len(kv[1]))[:8]:
                 mean = sum(x.seconds for x in items) / len(items) * 1000
                 o(f"  {len(items) / ingested:6.2f}  {mean:6.2f} ms  {label}")
@@ -529,24 +622,32 @@ class WatcherBench:
         self.report_plan(current_plan, generic_plan)
         if alt_results:
             o("")
-            o(f"alternatives (same table, {count:,} rows, X = high-water mark, Y = now - 10 s; "
-              f"{args.query_runs} runs each on one held connection after warm-up):")
+            o(
+                f"alternatives (same table, {count:,} rows, X = high-water mark, Y = now - 10 s; "
+                f"{args.query_runs} runs each on one held connection after warm-up):"
+            )
             for r in alt_results:
                 p50, p99v, mx = quantiles(r.times, (0.5, 0.99, 1.0))
-                o(f"  {p50 * 1000:7.2f} ms p50 {p99v * 1000:7.2f} p99 {mx * 1000:7.2f} max  "
-                  f"rows {r.rows:>3}  {r.alt.name}" + (f"  [{r.alt.note}]" if r.alt.note else ""))
+                o(
+                    f"  {p50 * 1000:7.2f} ms p50 {p99v * 1000:7.2f} p99 {mx * 1000:7.2f} max  "
+                    f"rows {r.rows:>3}  {r.alt.name}" + (f"  [{r.alt.note}]" if r.alt.note else "")
+                )
                 for custom, generic in zip(r.plans, r.generic, strict=True):
                     o(f"           plan: {custom}")
                     if _nodes(generic) != _nodes(custom):
                         o(f"           generic (prepared) plan: {generic}")
         if recheck:
             o("")
-            o("re-check of accounts with pending notifications (openfire.present_keys, every "
-              "poll while any is pending; chunks of 500 names):")
+            o(
+                "re-check of accounts with pending notifications (openfire.present_keys, every "
+                "poll while any is pending; chunks of 500 names):"
+            )
             for n, found, times in recheck:
                 p50, mx = quantiles(times, (0.5, 1.0))
-                o(f"  {n:>6,} accounts: {found:>7,} rows, p50 {p50 * 1000:7.1f}  max "
-                  f"{mx * 1000:7.1f} ms")
+                o(
+                    f"  {n:>6,} accounts: {found:>7,} rows, p50 {p50 * 1000:7.1f}  max "
+                    f"{mx * 1000:7.1f} ms"
+                )
         o("")
         self.lines += cpu_lines(before, after, "this process (watcher + inserter)")
 
@@ -568,8 +669,10 @@ class WatcherBench:
     @staticmethod
     def dist(items: list[QuerySample]) -> str:
         p50, p99, mx = quantiles([s.seconds for s in items], (0.5, 0.99, 1.0))
-        return (f"p50 {p50 * 1000:7.2f}  p99 {p99 * 1000:7.2f}  max {mx * 1000:7.2f} ms "
-                f"(n={len(items):>4})")
+        return (
+            f"p50 {p50 * 1000:7.2f}  p99 {p99 * 1000:7.2f}  max {mx * 1000:7.2f} ms "
+            f"(n={len(items):>4})"
+        )
 
     def pg_version(self) -> str:
         with contextlib.suppress(Exception), self.pg.connect() as conn:
@@ -602,31 +705,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Measure the Openfire watcher's detection latency and database cost "
         "per poll against a private PostgreSQL (measures only; asserts nothing).",
     )
-    parser.add_argument("--rows", type=int, default=100_000,
-                        help="ofOffline rows before the run (default 100000)")
-    parser.add_argument("--rows-per-user", type=int, default=20,
-                        help="offline messages per user in the initial fill (default 20)")
-    parser.add_argument("--rate", type=float, default=200.0,
-                        help="new offline messages per second (default 200)")
-    parser.add_argument("--seconds", type=float, default=20.0,
-                        help="how long to store new messages (default 20)")
-    parser.add_argument("--poll-interval", default="1s",
-                        help="openfire.poll_interval (default 1s)")
-    parser.add_argument("--idle-seconds", type=float, default=5.0,
-                        help="watcher polls with no new messages before the load (default 5)")
-    parser.add_argument("--email-delay", default="10m",
-                        help="the email digest rule's delay (default 10m, as in the example "
-                        "file); pending digests make every poll re-check their accounts")
-    parser.add_argument("--drain-timeout", type=float, default=180.0,
-                        help="after the load, wait at most this long for the watcher to "
-                        "pick up every message (default 180 s)")
-    parser.add_argument("--query-runs", type=int, default=30,
-                        help="timed runs per query alternative (default 30)")
-    parser.add_argument("--skip-alternatives", action="store_true",
-                        help="do not EXPLAIN and time the query alternatives")
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="ofOffline rows before the run (default 100000)"
+    )
+    parser.add_argument(
+        "--rows-per-user",
+        type=int,
+        default=20,
+        help="offline messages per user in the initial fill (default 20)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="new offline messages per second (default 200)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="how long to store new messages (default 20)"
+    )
+    parser.add_argument("--poll-interval", default="1s", help="openfire.poll_interval (default 1s)")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="watcher polls with no new messages before the load (default 5)",
+    )
+    parser.add_argument(
+        "--email-delay",
+        default="10m",
+        help="the email digest rule's delay (default 10m, as in the example "
+        "file); pending digests make every poll re-check their accounts",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=180.0,
+        help="after the load, wait at most this long for the watcher to "
+        "pick up every message (default 180 s)",
+    )
+    parser.add_argument(
+        "--query-runs", type=int, default=30, help="timed runs per query alternative (default 30)"
+    )
+    parser.add_argument(
+        "--skip-alternatives",
+        action="store_true",
+        help="do not EXPLAIN and time the query alternatives",
+    )
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
