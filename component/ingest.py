@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import outbox, readstate
@@ -22,7 +22,13 @@ from .events import OfflineMessage
 from .policy import Policy, Skip
 from .ratelimit import TokenBuckets
 from .stanzas import ParsedMessage
-from .store import OutboxItem, Registration, WatcherState, utcnow
+from .store import (
+    DigestCursor,
+    OutboxItem,
+    Registration,
+    WatcherState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +106,7 @@ class Ingest:
         self, session: AsyncSession, batch: WatcherBatch, watcher_id: int
     ) -> list[int]:
         touched: set[str] = set()
-        new_ids: list[int] = []
-        for seen in batch.messages:
-            new_ids += await self._message(session, seen)
+        new_ids = await self._messages(session, batch.messages)
         for reader, conversation, stanza_id in batch.markers:
             if await readstate.mark_displayed(session, reader, conversation, stanza_id):
                 touched.add(reader)
@@ -120,65 +124,79 @@ class Ingest:
             state.updated_at = utcnow()
         return new_ids
 
-    async def _message(self, session: AsyncSession, seen: SeenMessage) -> list[int]:
-        parsed = seen.parsed
-        missed_id = await readstate.record_missed(
+    async def _messages(self, session: AsyncSession, seen: Sequence[SeenMessage]) -> list[int]:
+        """A poll's new messages: a handful of statements for the lot, not per message."""
+        missed_ids = await readstate.record_missed_many(
             session,
-            account=seen.account,
-            conversation=parsed.sender_bare,
-            source_key=seen.source_key,
-            stanza_id=parsed.id,
-            body=parsed.body if self._include_body else None,
-            encrypted=parsed.encrypted,
-            sent_at=parsed.delay or seen.stored_at,
+            [
+                {
+                    "account": m.account,
+                    "conversation": m.parsed.sender_bare,
+                    "source_key": m.source_key,
+                    "stanza_id": m.parsed.id,
+                    "body": m.parsed.body if self._include_body else None,
+                    "encrypted": m.parsed.encrypted,
+                    "sent_at": m.parsed.delay or m.stored_at,
+                }
+                for m in seen
+            ],
         )
-        if missed_id is None:
-            return []  # seen before (a restart re-read the overlap window)
-        event = OfflineMessage(
-            account=seen.account,
-            dedup_key=seen.source_key,
-            source="watcher",
-            sender=parsed.sender_bare,
-            body=None if parsed.encrypted else parsed.body,
-            missed_message_id=missed_id,
-        )
-        rows, skips = self._policy.decide(
-            event, registrations=await _registrations_by_channel(session, seen.account)
-        )
-        self._limit(rows)
+        fresh = [(m, i) for m, i in zip(seen, missed_ids, strict=True) if i is not None]
+        if not fresh:
+            return []  # all seen before (a restart re-read the overlap window)
+        devices = await _registrations_by_account(session, {m.account for m, _ in fresh})
+        rows: list[OutboxItem] = []
+        skips: list[Skip] = []
+        for message, missed_id in fresh:
+            event = OfflineMessage(
+                account=message.account,
+                dedup_key=message.source_key,
+                source="watcher",
+                sender=message.parsed.sender_bare,
+                body=None if message.parsed.encrypted else message.parsed.body,
+                missed_message_id=missed_id,
+            )
+            decided, skipped = self._policy.decide(
+                event, registrations=devices.get(message.account, {})
+            )
+            self._limit(decided)
+            rows += decided
+            skips += skipped
         await _apply_min_interval(session, rows)
-        await _log_skips(session, skips)
+        await outbox.log_skips(session, skips)
         return await outbox.enqueue(session, rows)
 
 
-async def _registrations_by_channel(session: AsyncSession, account: str) -> dict[str, list[int]]:
-    stmt = select(Registration.channel, Registration.id).where(
-        Registration.account == account, Registration.disabled_at.is_(None)
+async def _registrations_by_account(
+    session: AsyncSession, accounts: set[str]
+) -> dict[str, dict[str, list[int]]]:
+    """account → channel → enabled registration ids, for all accounts at once."""
+    stmt = select(Registration.account, Registration.channel, Registration.id).where(
+        Registration.account.in_(sorted(accounts)), Registration.disabled_at.is_(None)
     )
-    found: dict[str, list[int]] = defaultdict(list)
-    for channel, reg_id in (await session.execute(stmt)).all():
-        found[channel].append(reg_id)
+    found: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for account, channel, reg_id in (await session.execute(stmt)).all():
+        found[account][channel].append(reg_id)
     return found
 
 
 async def _apply_min_interval(session: AsyncSession, rows: Sequence[OutboxItem]) -> None:
-    for row in rows:
-        interval = float(row.payload.get("min_interval") or 0)
-        if not interval:
-            continue
-        cursor = await readstate.digest_cursor(session, row.account, row.channel)
-        if cursor.last_sent_at is not None:
-            earliest = cursor.last_sent_at + dt.timedelta(seconds=interval)
+    paced = [row for row in rows if row.payload.get("min_interval")]
+    if not paced:
+        return
+    keys = sorted({(row.account, row.channel) for row in paced})
+    last_sent = {
+        (c.account, c.channel): c.last_sent_at
+        for c in (
+            await session.execute(
+                select(DigestCursor).where(
+                    tuple_(DigestCursor.account, DigestCursor.channel).in_(keys)
+                )
+            )
+        ).scalars()
+    }
+    for row in paced:
+        sent = last_sent.get((row.account, row.channel))
+        if sent is not None:
+            earliest = sent + dt.timedelta(seconds=float(row.payload["min_interval"]))
             row.due_at = max(row.due_at, earliest)
-
-
-async def _log_skips(session: AsyncSession, skips: Sequence[Skip]) -> None:
-    for skip in skips:
-        await outbox.log_entry(
-            session,
-            at=utcnow(),
-            account=skip.account,
-            channel=skip.channel,
-            status="skipped",
-            error=skip.reason,
-        )

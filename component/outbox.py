@@ -161,6 +161,27 @@ async def depth_and_oldest_due(session: AsyncSession) -> tuple[int, dt.datetime 
     return int(depth), oldest
 
 
+async def log_skips(session: AsyncSession, skips: Sequence[Any]) -> None:
+    """Decisions not to notify (policy `Skip`s), one delivery-log line each, in bulk."""
+    if skips:
+        now = utcnow()
+        await session.execute(
+            insert(DeliveryLogEntry),
+            [
+                {
+                    "at": now,
+                    "account": s.account,
+                    "channel": s.channel,
+                    "status": "skipped",
+                    "error": s.reason,
+                    "target": "-",
+                    "attempt": 0,
+                }
+                for s in skips
+            ],
+        )
+
+
 async def log_entry(session: AsyncSession, **fields: Any) -> None:
     session.add(DeliveryLogEntry(**fields))
 

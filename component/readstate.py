@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,25 +43,72 @@ async def record_missed(
     sent_at: dt.datetime,
 ) -> int | None:
     """Store a missed message; None if this source_key was recorded before."""
+    [new_id] = await record_missed_many(
+        session,
+        [
+            {
+                "account": account,
+                "conversation": conversation,
+                "source_key": source_key,
+                "stanza_id": stanza_id,
+                "body": body,
+                "encrypted": encrypted,
+                "sent_at": sent_at,
+            }
+        ],
+    )
+    return new_id
+
+
+async def record_missed_many(
+    session: AsyncSession, messages: Sequence[dict[str, Any]]
+) -> list[int | None]:
+    """`record_missed` for a whole poll in one statement: the new id per message, or
+    None for one recorded before. Read state is refreshed once per conversation."""
+    if not messages:
+        return []
     stmt = (
         dialect_insert(session)(MissedMessage)
-        .values(
-            account=account,
-            conversation=conversation,
-            source_key=source_key,
-            stanza_id=stanza_id,
-            body=body,
-            encrypted=encrypted,
-            sent_at=sent_at,
-            state=MessageState.UNREAD,
-        )
+        .values([{**m, "state": MessageState.UNREAD} for m in messages])
         .on_conflict_do_nothing(index_elements=["source_key"])
-        .returning(MissedMessage.id)
+        .returning(MissedMessage.id, MissedMessage.source_key)
     )
-    new_id = (await session.execute(stmt)).scalar_one_or_none()
-    if new_id is not None:
-        await _refresh(session, account, [conversation])
-    return new_id
+    inserted = {key: new_id for new_id, key in (await session.execute(stmt)).all()}
+    ids = [inserted.pop(m["source_key"], None) for m in messages]
+    pairs = {(m["account"], m["conversation"]) for m, i in zip(messages, ids, strict=True) if i}
+    await _refresh_many(session, pairs)
+    return ids
+
+
+async def _refresh_many(session: AsyncSession, pairs: set[tuple[str, str]]) -> None:
+    if not pairs:
+        return
+    accounts = sorted({account for account, _ in pairs})
+    counts = {
+        (account, conversation): int(n)
+        for account, conversation, n in (
+            await session.execute(
+                select(MissedMessage.account, MissedMessage.conversation, func.count())
+                .where(
+                    MissedMessage.account.in_(accounts),
+                    MissedMessage.state == MessageState.UNREAD,
+                )
+                .group_by(MissedMessage.account, MissedMessage.conversation)
+            )
+        ).all()
+    }
+    existing = {
+        (state.account, state.conversation): state
+        for state in (
+            await session.execute(select(ReadState).where(ReadState.account.in_(accounts)))
+        ).scalars()
+    }
+    for account, conversation in pairs:
+        state = existing.get((account, conversation))
+        if state is None:
+            state = ReadState(account=account, conversation=conversation)
+            session.add(state)
+        state.unread_count = counts.get((account, conversation), 0)
 
 
 async def mark_delivered(session: AsyncSession, account: str, source_keys: Iterable[str]) -> int:
