@@ -121,7 +121,9 @@ class Service:
         for name, channel in config.channels.items():
             self.notifiers[name] = await create_notifier(name, channel)
         openfire_engine = (
-            make_engine(config.openfire.database_url) if config.openfire is not None else None
+            make_engine(config.openfire.database_url, pre_ping=False)
+            if config.openfire is not None
+            else None
         )
         nodes = NodeCache(sessionmaker)
         self.dispatcher = dispatcher = Dispatcher(

@@ -118,15 +118,15 @@ class Watcher:
         if not self._started:
             await self._load_position()
         stats = PollStats()
-        db_started = time.monotonic()
         self._polls += 1
         full_scan = self._polls % FULL_SCAN_EVERY == 1
         since = self._cursor_ms - OVERLAP_MS if full_scan else None
+        watched = await self._accounts_to_recheck()  # ofnotify's own store, not Openfire
+        db_started = time.monotonic()
         async with self._engine.connect() as conn:
             keys = await openfire.new_keys(conn, self._high_id - ID_WINDOW, since)
             fresh = [(u, m) for u, m, _ in keys if (u, m) not in self._known]
             rows = await openfire.stanzas(conn, fresh) if fresh else []
-            watched = await self._accounts_to_recheck()
             present = await openfire.present_keys(conn, watched) if watched else set()
         stats.db_seconds = time.monotonic() - db_started
 
