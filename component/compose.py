@@ -21,7 +21,7 @@ from notifiers.base import MissedMessage as MissedSummary
 from . import openfire, outbox, readstate
 from .config import Config
 from .redact import mask_email, shorten
-from .store import MessageState, MissedMessage, OutboxItem, OutboxStatus, Registration, utcnow
+from .store import MissedMessage, OutboxItem, OutboxStatus, Registration, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -266,4 +266,4 @@ async def finish_open_row(session: AsyncSession, row: OutboxItem, delivered_or_m
     await outbox.enqueue(session, [follow_up])
 
 
-__all__ = ["Composer", "Drop", "MessageState", "Ready", "finish_open_row"]
+__all__ = ["AfterDelivery", "Composer", "Drop", "Ready", "finish_open_row"]
