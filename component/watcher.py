@@ -38,9 +38,10 @@ OVERLAP_MS = 10_000
 # every FULL_SCAN_EVERY polls.
 ID_WINDOW = 1_000
 FULL_SCAN_EVERY = 10
-# Accounts whose pending notifications are re-checked for deliveries in one poll; the
-# send-time check covers the rest, this only makes cancellations prompt.
+# Accounts whose pending notifications are re-checked for deliveries in one poll, and
+# how often; the send-time check covers the rest, this only makes cancellations prompt.
 RECHECK_PER_POLL = 100
+RECHECK_EVERY = 5
 MAX_KNOWN_KEYS = 200_000
 NOTIFIABLE_TYPES = {"chat", "normal"}
 
@@ -121,7 +122,8 @@ class Watcher:
         self._polls += 1
         full_scan = self._polls % FULL_SCAN_EVERY == 1
         since = self._cursor_ms - OVERLAP_MS if full_scan else None
-        watched = await self._accounts_to_recheck()  # ofnotify's own store, not Openfire
+        recheck = self._polls % RECHECK_EVERY == 1
+        watched = await self._accounts_to_recheck() if recheck else []  # our own store
         db_started = time.monotonic()
         async with self._engine.connect() as conn:
             keys = await openfire.new_keys(conn, self._high_id - ID_WINDOW, since)
