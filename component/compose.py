@@ -48,10 +48,13 @@ class Composer:
     def __init__(self, config: Config, openfire_engine: AsyncEngine | None = None) -> None:
         self._config = config
         self._openfire = openfire_engine
+        # ofUser rows for one claim: a digest names the same senders again and again.
+        self._users: dict[str, openfire.UserInfo | None] = {}
 
     async def prefetch(self, session: AsyncSession, rows: list[OutboxItem]) -> None:
         """Load the claim's registrations at once; `session.get` then finds them in the
         identity map, so pushes need no query each."""
+        self._users.clear()  # names and addresses may change between claims
         ids = {row.registration_id for row in rows if row.registration_id is not None}
         if ids:
             await session.execute(select(Registration).where(Registration.id.in_(ids)))
@@ -214,12 +217,16 @@ class Composer:
         username, _, domain = account.rpartition("@")
         if self._openfire is None or settings is None or domain != settings.domain:
             return None
+        if username in self._users:
+            return self._users[username]
         try:
             async with self._openfire.connect() as conn:
-                return await openfire.user_info(conn, username)
+                info = await openfire.user_info(conn, username)
         except Exception:
             log.warning("could not read ofUser for %s", account, exc_info=True)
             raise
+        self._users[username] = info
+        return info
 
     async def _display_name(self, jid: str) -> str | None:
         override = self._config.accounts.get(jid)

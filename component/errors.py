@@ -4,14 +4,11 @@
 
     OfnotifyError
     ├── ConfigError                 the YAML file is unusable; carries every problem
-    ├── ComponentAuthError          the XMPP server rejected the component secret
-    └── DeliveryError               a notifier could not deliver
-        ├── TemporaryDeliveryError  try again later (optionally not before `retry_after`)
-        └── PermanentDeliveryError  retrying will not help
-            └── TargetInvalidError  the address/token is dead: disable it
+    └── ComponentAuthError          the XMPP server rejected the component secret
 
-Delivery errors are translated by each notifier into a `notifiers.base.SendResult`
-at its boundary; the dispatcher never sees an exception from a notifier.
+Delivery problems are not exceptions: a notifier answers every send with a
+`notifiers.base.SendResult` (delivered / retry after t / failed / target invalid),
+classified by its own failure table, so the dispatcher never sees a notifier raise.
 """
 
 from __future__ import annotations
@@ -53,24 +50,3 @@ class ConfigError(OfnotifyError):
 
 class ComponentAuthError(OfnotifyError):
     """The XMPP server refused our handshake: retrying with the same secret is pointless."""
-
-
-class DeliveryError(OfnotifyError):
-    pass
-
-
-class TemporaryDeliveryError(DeliveryError):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class PermanentDeliveryError(DeliveryError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class TargetInvalidError(PermanentDeliveryError):
-    pass

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 PUBSUB = "http://jabber.org/protocol/pubsub"
 PUSH = "urn:xmpp:push:0"
 DATAFORM = "jabber:x:data"
-SUMMARY_FORM = "urn:xmpp:push:summary"
 
 MAX_FIELD_CHARS = 4096  # a summary is a hint, not the message: cap what we keep
 # Nodes are ours (`registrations.node`, String(64)): a longer one cannot exist, and must
