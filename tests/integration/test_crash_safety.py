@@ -21,13 +21,13 @@ from sqlalchemy import func, select
 
 from component.config import load_config
 from component.store import OutboxItem, make_engine
-from tests.integration.test_watcher_email import configure
-from tests.support.fake_fcm import FakeFcm, FcmReply
+from tests.support.fake_fcm import FcmReply
 from tests.support.ofnotify_process import OfnotifyProcess
 from tests.support.ofnotify_service import wait_for
 from tests.support.openfire_db import OpenfireDb
 from tests.support.push_client import offline_with_push
 from tests.support.smtp_server import SmtpServer
+from tests.support.stack import Stack
 from tests.support.xmpp_client import Client, connect_client
 from tests.support.xmpp_servers import XmppServer
 
@@ -64,15 +64,8 @@ def count(counts: dict[tuple[str, str], int], channel: str, status: str | None =
     )
 
 
-def crash_config(
-    tmp_path: Path, prosody: XmppServer, fake_fcm: FakeFcm, smtp: SmtpServer, db: str
-) -> Path:
-    return configure(
-        tmp_path,
-        prosody,
-        fake_fcm,
-        smtp,
-        db,
+def crash_config(stack: Stack) -> Path:
+    return stack.configure(
         rules=[
             {"event": "offline_message", "channel": "phone"},
             {"event": "offline_message", "channel": "mail"},
@@ -117,24 +110,19 @@ def message_ids(smtp: SmtpServer) -> Counter[str]:
     return found
 
 
-async def test_sigkill_at_random_moments_loses_nothing(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-) -> None:
+async def test_sigkill_at_random_moments_loses_nothing(stack: Stack) -> None:
     rng = random.Random(4)
-    fake_fcm.set_default(FcmReply.ok().with_delay(0.02))  # sends take time: kills land mid-send
-    config = crash_config(tmp_path, prosody, fake_fcm, smtp, postgres_db)
-    process = OfnotifyProcess(config, tmp_path / "ofnotify.log")
+    stack.fake_fcm.set_default(
+        FcmReply.ok().with_delay(0.02)
+    )  # sends take time: kills land mid-send
+    config = crash_config(stack)
+    process = OfnotifyProcess(config, stack.tmp_path / "ofnotify.log")
     kills, bursts, per_burst = 0, 4, 250
     try:
         await start_and_wait(process, 0)
-        bob = await setup_push_user(prosody, openfire_db)
+        bob = await setup_push_user(stack.prosody, stack.openfire_db)
         for burst in range(bursts):
-            await send_burst(bob, openfire_db, burst * per_burst, per_burst)
+            await send_burst(bob, stack.openfire_db, burst * per_burst, per_burst)
             sent = (burst + 1) * per_burst
             # Publishes are acknowledged only once queued; wait for all of them before
             # killing, because an XMPP server drops pushes for a missing component.
@@ -160,33 +148,28 @@ async def test_sigkill_at_random_moments_loses_nothing(
     assert count(counts, "mail") == total and count(counts, "mail", "delivered") == total
 
     pushes = Counter(
-        int(r.message["data"]["notification_id"]) for r in fake_fcm.requests if r.status == 200
+        int(r.message["data"]["notification_id"])
+        for r in stack.fake_fcm.requests
+        if r.status == 200
     )
     assert set(pushes) == await outbox_ids(config, "phone")  # every push at least once
     assert max(pushes.values()) <= 1 + kills  # at most one duplicate per kill
 
-    mails = message_ids(smtp)
+    mails = message_ids(stack.smtp)
     assert len(mails) == total  # every email at least once
     assert max(mails.values()) <= 1 + kills
     duplicates = sum(pushes.values()) - len(pushes) + sum(mails.values()) - len(mails)
     print(f"{kills} kills, {duplicates} duplicate deliveries out of {2 * total}")
 
 
-async def test_sigterm_drains_and_exits(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-) -> None:
-    fake_fcm.set_default(FcmReply.ok().with_delay(0.05))
-    config = crash_config(tmp_path, prosody, fake_fcm, smtp, postgres_db)
-    process = OfnotifyProcess(config, tmp_path / "ofnotify.log")
+async def test_sigterm_drains_and_exits(stack: Stack) -> None:
+    stack.fake_fcm.set_default(FcmReply.ok().with_delay(0.05))
+    config = crash_config(stack)
+    process = OfnotifyProcess(config, stack.tmp_path / "ofnotify.log")
     try:
         await start_and_wait(process, 0)
-        bob = await setup_push_user(prosody, openfire_db)
-        await send_burst(bob, openfire_db, 0, 300)
+        bob = await setup_push_user(stack.prosody, stack.openfire_db)
+        await send_burst(bob, stack.openfire_db, 0, 300)
         await wait_for(lambda: _queued(config, "phone", 300), timeout=30, what="queued")
         await asyncio.sleep(0.3)
         assert await asyncio.to_thread(process.terminate, 60) == 0  # bounded, generously
@@ -199,7 +182,9 @@ async def test_sigterm_drains_and_exits(
     finally:
         process.kill()
     pushes = Counter(
-        int(r.message["data"]["notification_id"]) for r in fake_fcm.requests if r.status == 200
+        int(r.message["data"]["notification_id"])
+        for r in stack.fake_fcm.requests
+        if r.status == 200
     )
     assert len(pushes) == 300
     assert max(pushes.values()) == 1  # a clean stop sends nothing twice

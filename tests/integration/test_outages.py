@@ -15,13 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from component.cli import main as cli
-from tests.integration.test_watcher_email import configure, mails_to, watcher_caught_up
+from tests.integration.test_watcher_email import mails_to, watcher_caught_up
 from tests.support.fake_fcm import FakeFcm, FcmReply
 from tests.support.ofnotify_service import delivery_log, running_service, wait_for
 from tests.support.openfire_db import OpenfireDb
 from tests.support.postgres import PostgresServer
 from tests.support.push_client import offline_with_push
 from tests.support.smtp_server import SmtpServer
+from tests.support.stack import Stack, configure
 from tests.support.xmpp_client import Client, connect_client
 from tests.support.xmpp_servers import XmppServer
 
@@ -39,20 +40,8 @@ async def push_users(prosody: XmppServer, users: list[str], openfire_db: Openfir
     return await connect_client(prosody, "bob", "pw")
 
 
-async def test_xmpp_restart_under_traffic_loses_no_offline_message(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-) -> None:
-    config = configure(
-        tmp_path,
-        prosody,
-        fake_fcm,
-        smtp,
-        postgres_db,
+async def test_xmpp_restart_under_traffic_loses_no_offline_message(stack: Stack) -> None:
+    config = stack.configure(
         delay="0s",
         rules=[
             {"event": "offline_message", "channel": "mail"},
@@ -60,43 +49,33 @@ async def test_xmpp_restart_under_traffic_loses_no_offline_message(
     )
     async with running_service(config) as service:
         await watcher_caught_up(service)
-        restart = asyncio.create_task(asyncio.to_thread(prosody.restart))
+        restart = asyncio.create_task(asyncio.to_thread(stack.prosody.restart))
         for i in range(30):  # Openfire keeps storing while the component link is down
-            openfire_db.store_chat("jenny", "michael", f"during restart {i}", f"r{i}")
+            stack.openfire_db.store_chat("jenny", "michael", f"during restart {i}", f"r{i}")
             await asyncio.sleep(0.05)
         await restart
         assert service.connection is not None
         await wait_for(lambda: service.connection.connected, timeout=30, what="reconnection")
         await wait_for(
-            lambda: len(mails_to(smtp, "jenny@mail.example")) == 30, timeout=30, what="30 mails"
+            lambda: len(mails_to(stack.smtp, "jenny@mail.example")) == 30,
+            timeout=30,
+            what="30 mails",
         )
 
 
 async def test_ofnotify_database_outage(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-    postgres_server: PostgresServer,
-    caplog: pytest.LogCaptureFixture,
+    stack: Stack, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage = postgres_server.create_database(f"ofn_{uuid.uuid4().hex[:12]}")
-    config = configure(
-        tmp_path,
-        prosody,
-        fake_fcm,
-        smtp,
-        postgres_db,
+    config = stack.configure(
         storage_url=storage,
         rules=[{"event": "offline_message", "channel": "phone"}],
         limits=NO_LIMITS,
     )
     async with running_service(config) as service:
-        bob = await push_users(prosody, ["alice"], openfire_db)
+        bob = await push_users(stack.prosody, ["alice"], stack.openfire_db)
         await bob.send_chat("alice@example.test", "before")
-        await fake_fcm.wait_for_requests(1, timeout=10)
+        await stack.fake_fcm.wait_for_requests(1, timeout=10)
         await asyncio.to_thread(postgres_server.stop)
         await bob.send_chat("alice@example.test", "during the outage")  # answered 'wait'
         await wait_for(lambda: "could not queue" in caplog.text, what="a logged failure")
@@ -104,7 +83,7 @@ async def test_ofnotify_database_outage(
         assert service.connection is not None and service.connection.connected
         await asyncio.to_thread(postgres_server.start)
         await bob.send_chat("alice@example.test", "after")
-        await fake_fcm.wait_for_requests(2, timeout=20)
+        await stack.fake_fcm.wait_for_requests(2, timeout=20)
         await bob.go_offline()
     assert "postgres@" not in caplog.text  # no URLs with credentials in logs
 
@@ -145,14 +124,7 @@ async def test_smtp_down_for_a_while_then_sent_once(
             smtp.stop()
 
 
-async def test_fcm_chaos_everything_delivered_retry_after_honoured(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-) -> None:
+async def test_fcm_chaos_everything_delivered_retry_after_honoured(stack: Stack) -> None:
     rng = random.Random(7)
     users = ["u1", "u2", "u3"]
     for user in users:
@@ -165,22 +137,17 @@ async def test_fcm_chaos_everything_delivered_retry_after_honoured(
                 replies += [FcmReply.quota_exceeded(retry_after=1)] * 3  # a burst
             else:
                 replies.append(FcmReply.ok())
-        fake_fcm.script(f"tok-{user}", replies)
-    fake_fcm.always("tok-doomed", FcmReply.internal())
+        stack.fake_fcm.script(f"tok-{user}", replies)
+    stack.fake_fcm.always("tok-doomed", FcmReply.internal())
     max_attempts = 30
-    config = configure(
-        tmp_path,
-        prosody,
-        fake_fcm,
-        smtp,
-        postgres_db,
+    config = stack.configure(
         rules=[{"event": "offline_message", "channel": "phone"}],
         limits=NO_LIMITS,
         delivery={"max_attempts": max_attempts, "backoff_initial": "0.05s", "backoff_max": "0.3s"},
     )
     per_user = 15
     async with running_service(config):
-        bob = await push_users(prosody, [*users, "doomed"], openfire_db)
+        bob = await push_users(stack.prosody, [*users, "doomed"], stack.openfire_db)
         for i in range(per_user):
             for user in users:
                 bob.xmpp.send_message(mto=f"{user}@example.test", mbody=f"m{i}", mtype="chat")
@@ -191,7 +158,7 @@ async def test_fcm_chaos_everything_delivered_retry_after_honoured(
         await bob.go_offline()
 
     by_notification: dict[str, list[tuple[float, int, float | None]]] = defaultdict(list)
-    for request in fake_fcm.requests:
+    for request in stack.fake_fcm.requests:
         retry_after = 1.0 if request.status == 429 else None
         by_notification[request.message["data"]["notification_id"]].append(
             (request.received_at, request.status, retry_after)
@@ -213,18 +180,21 @@ async def test_fcm_chaos_everything_delivered_retry_after_honoured(
     [failed] = [json.loads(line) for line in shown.output.splitlines()]
     assert failed["account"] == "doomed@example.test"
     assert f"gave up after {max_attempts} attempts: INTERNAL (HTTP 500)" == failed["error"]
-    fake_fcm.always("tok-doomed", None)
+    stack.fake_fcm.always("tok-doomed", None)
     requeued = await asyncio.to_thread(
         runner.invoke, cli, ["requeue", "--config", str(config), "--user", "doomed@example.test"]
     )
     assert requeued.output.strip() == "requeued 1 notification(s)"
-    before = len(fake_fcm.requests)
+    before = len(stack.fake_fcm.requests)
     async with running_service(config):
         await wait_for(
-            lambda: len(fake_fcm.requests) > before, timeout=20, what="the re-queued push"
+            lambda: len(stack.fake_fcm.requests) > before, timeout=20, what="the re-queued push"
         )
         await wait_for(lambda: _count(config, "delivered", per_user * len(users) + 1), timeout=10)
-    assert fake_fcm.requests[-1].token == "tok-doomed" and fake_fcm.requests[-1].status == 200
+    assert (
+        stack.fake_fcm.requests[-1].token == "tok-doomed"
+        and stack.fake_fcm.requests[-1].status == 200
+    )
 
 
 async def _settled(config: Path, delivered: int) -> bool:

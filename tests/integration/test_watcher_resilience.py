@@ -4,33 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 
-from tests.integration.test_watcher_email import configure, mails_to, text_part, watcher_caught_up
-from tests.support.fake_fcm import FakeFcm
+from tests.integration.test_watcher_email import mails_to, text_part, watcher_caught_up
 from tests.support.ofnotify_service import running_service, wait_for
-from tests.support.openfire_db import OpenfireDb, chat_stanza, of_date
+from tests.support.openfire_db import chat_stanza, of_date
 from tests.support.postgres import PostgresServer
-from tests.support.smtp_server import SmtpServer
-from tests.support.xmpp_servers import XmppServer
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 
 
 async def test_openfire_database_outage_then_catch_up(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-    postgres_server: PostgresServer,
-    caplog: pytest.LogCaptureFixture,
+    stack: Stack, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="component.watcher")
-    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="0s")
+    config = stack.configure(delay="0s")
     async with running_service(config) as service:
         await watcher_caught_up(service)
         await asyncio.to_thread(postgres_server.stop)
@@ -38,26 +28,21 @@ async def test_openfire_database_outage_then_catch_up(
         await asyncio.sleep(1.0)  # several failed polls: the service must stay up
         assert service.connection is not None and service.connection.connected
         await asyncio.to_thread(postgres_server.start)
-        openfire_db.store_chat("jenny", "michael", "after the outage", "o1")
-        await wait_for(lambda: mails_to(smtp, "jenny@mail.example"), timeout=30, what="the mail")
-    assert "after the outage" in text_part(mails_to(smtp, "jenny@mail.example")[0])
+        stack.openfire_db.store_chat("jenny", "michael", "after the outage", "o1")
+        await wait_for(
+            lambda: mails_to(stack.smtp, "jenny@mail.example"), timeout=30, what="the mail"
+        )
+    assert "after the outage" in text_part(mails_to(stack.smtp, "jenny@mail.example")[0])
     assert "caught up" in caplog.text
     assert "postgres@" not in caplog.text  # no connection URLs in logs
 
 
-async def test_ids_below_the_high_water_mark_are_still_seen(
-    tmp_path: Path,
-    prosody: XmppServer,
-    fake_fcm: FakeFcm,
-    smtp: SmtpServer,
-    postgres_db: str,
-    openfire_db: OpenfireDb,
-) -> None:
+async def test_ids_below_the_high_water_mark_are_still_seen(stack: Stack) -> None:
     """Clustered Openfire: each node draws IDs from its own block."""
-    config = configure(tmp_path, prosody, fake_fcm, smtp, postgres_db, delay="0s")
+    config = stack.configure(delay="0s")
     async with running_service(config) as service:
         await watcher_caught_up(service)
-        openfire_db.execute(
+        stack.openfire_db.execute(
             "INSERT INTO ofOffline VALUES (%s, %s, %s, %s, %s)",
             (
                 "jenny",
@@ -68,9 +53,9 @@ async def test_ids_below_the_high_water_mark_are_still_seen(
             ),
         )
         await wait_for(
-            lambda: mails_to(smtp, "jenny@mail.example"), timeout=15, what="node A's mail"
+            lambda: mails_to(stack.smtp, "jenny@mail.example"), timeout=15, what="node A's mail"
         )
-        openfire_db.execute(
+        stack.openfire_db.execute(
             "INSERT INTO ofOffline VALUES (%s, %s, %s, %s, %s)",
             (
                 "michael",
@@ -81,6 +66,6 @@ async def test_ids_below_the_high_water_mark_are_still_seen(
             ),
         )
         await wait_for(
-            lambda: mails_to(smtp, "michael@mail.example"), timeout=15, what="node B's mail"
+            lambda: mails_to(stack.smtp, "michael@mail.example"), timeout=15, what="node B's mail"
         )
-    assert "node B" in text_part(mails_to(smtp, "michael@mail.example")[0])
+    assert "node B" in text_part(mails_to(stack.smtp, "michael@mail.example")[0])
