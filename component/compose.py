@@ -50,14 +50,21 @@ class Composer:
         self._openfire = openfire_engine
         # ofUser rows for one claim: a digest names the same senders again and again.
         self._users: dict[str, openfire.UserInfo | None] = {}
+        # The claim's registrations, loaded in one query (see prefetch).
+        self._registrations: dict[int, Registration] = {}
 
     async def prefetch(self, session: AsyncSession, rows: list[OutboxItem]) -> None:
-        """Load the claim's registrations at once; `session.get` then finds them in the
-        identity map, so pushes need no query each."""
+        """Load the claim's registrations in one query instead of one per push.
+
+        Held here, not left to the session's identity map: that map holds objects
+        weakly, so unreferenced rows vanish and `session.get` queries again.
+        """
         self._users.clear()  # names and addresses may change between claims
         ids = {row.registration_id for row in rows if row.registration_id is not None}
+        self._registrations = {}
         if ids:
-            await session.execute(select(Registration).where(Registration.id.in_(ids)))
+            found = await session.execute(select(Registration).where(Registration.id.in_(ids)))
+            self._registrations = {r.id: r for r in found.scalars()}
 
     async def compose(self, session: AsyncSession, row: OutboxItem) -> Ready | Drop:
         kind = self._config.channels[row.channel].type
@@ -70,7 +77,9 @@ class Composer:
     async def _push(self, session: AsyncSession, row: OutboxItem) -> Ready | Drop:
         if row.registration_id is None:
             return Drop("skipped", "no registration for this notification")
-        registration = await session.get(Registration, row.registration_id)
+        registration = self._registrations.get(row.registration_id)
+        if registration is None:  # not prefetched (a caller composing a single row)
+            registration = await session.get(Registration, row.registration_id)
         if registration is None:
             return Drop("skipped", "registration was removed")
         if registration.disabled_at is not None:
