@@ -1,8 +1,19 @@
-"""Push throughput and latency of ofnotify, end to end, on one machine.
+"""Push throughput and latency of ofnotify, on one machine.
 
-    python -m bench.push_throughput [--n 5000] [--rate 500] [--server prosody|ejabberd]
+    python -m bench.push_throughput [--n 5000] [--rate 500] [--server direct|prosody|ejabberd]
 
-A real XMPP server (Prosody or ejabberd from tests/support/xmpp_servers.py) publishes
+`--server direct` (the default) measures ofnotify alone: this script plays the XMPP
+server's side of XEP-0114 itself (bench/component_peer.py) on a free 127.0.0.1 port.
+It registers --recipients accounts the way Conversations does (`register-push-fcm`
+executed with the submitted form, one IQ per account, `from` the account's full JID),
+then writes N XEP-0357 publishes in Prosody mod_cloud_notify's shape (`from` the
+accounts' domain, body "bench <seq>", the node's secret in publish-options) straight
+into the component stream, paced at --rate publishes/s (0 = as fast as the socket takes
+them). Printed besides the figures below: how ofnotify answered the publishes and the
+latency from publish to IQ result (accepted: the outbox row is committed). No XMPP server
+runs, so the figures are ofnotify's own capacity on this machine, not the whole chain's.
+
+With `--server prosody|ejabberd`, a real XMPP server (Prosody or ejabberd from tests/support/xmpp_servers.py) publishes
 XEP-0357 notifications to ofnotify, which runs as its own process
 (`ofnotify run --config FILE`) and sends them with pyfcm to the local FCM HTTP v1
 stand-in (tests/support/fake_fcm.py, running in this process). Sender clients send
@@ -11,11 +22,15 @@ N chat messages ("bench <seq>") to offline recipients who enabled push, paced at
 FCM request), latency from message send to FCM request, FCM answers by status,
 ofnotify's peak RSS and CPU time, and CPU time of every participant.
 
-Everything listens on 127.0.0.1. The XMPP server, this load generator (which also
-hosts the fake FCM) and ofnotify share the machine's cores, so the figures are a
-floor for ofnotify alone, not a ceiling. This script measures; it asserts nothing.
+In every mode ofnotify gets the same config (SQLite, production defaults, per-account
+push rate limit lifted, body included in pushes so FCM requests can be matched to what
+was sent). Everything listens on 127.0.0.1. The XMPP server (if any), this load
+generator (which also hosts the fake FCM) and ofnotify share the machine's cores, so
+with a real server the figures are a floor for ofnotify alone, not a ceiling. This
+script measures; it asserts nothing.
 
-`--profile FILE` attaches py-spy to ofnotify for the measured phase (FILE ending in
+`--instrument` runs ofnotify through bench/instrument.py (stage timings, SQL per
+notification); `--profile FILE` attaches py-spy to ofnotify for the measured phase (FILE ending in
 .svg: flame graph; .json: speedscope; else collapsed stacks, which
 `python -m bench.profile_summary FILE` condenses).
 """
@@ -37,15 +52,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from xml.sax.saxutils import escape, quoteattr
 
 import yaml
 
+from bench.component_peer import ComponentPeer, IqReply
 from bench.stats import percentile
 from tests.support.fake_fcm import FakeFcm, FcmRequest
 from tests.support.ofnotify_service import write_config
@@ -92,6 +109,55 @@ class BenchProsody(ProsodyServer):
         )
 
 
+# --------------------------------------------------------------------------- direct mode
+
+DATA_NS = "jabber:x:data"
+COMMANDS_NS = "http://jabber.org/protocol/commands"
+PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
+
+
+def register_stanza(iq_id: str, account: str, component: str, token: str, device: str) -> bytes:
+    """`register-push-fcm` as Conversations sends it: `execute` with the submitted form."""
+    return (
+        f"<iq type='set' from={quoteattr(account)} to={quoteattr(component)} "
+        f"id={quoteattr(iq_id)}><command xmlns='{COMMANDS_NS}' node='register-push-fcm' "
+        f"action='execute'><x xmlns='{DATA_NS}' type='submit'>"
+        f"<field var='token'><value>{escape(token)}</value></field>"
+        f"<field var='device-id'><value>{escape(device)}</value></field>"
+        "</x></command></iq>"
+    ).encode()
+
+
+def publish_stanza(
+    iq_id: str, domain: str, component: str, node: str, secret: str, sender: str, body: str
+) -> bytes:
+    """A XEP-0357 publish as Prosody's mod_cloud_notify sends it (sender and body included)."""
+    return (
+        f"<iq type='set' from={quoteattr(domain)} to={quoteattr(component)} "
+        f"id={quoteattr(iq_id)}><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+        f"<publish node={quoteattr(node)}><item><notification xmlns='urn:xmpp:push:0'>"
+        f"<x xmlns='{DATA_NS}' type='form'>"
+        "<field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>"
+        "<field var='message-count'><value>1</value></field>"
+        "<field var='pending-subscription-count'/>"
+        f"<field var='last-message-sender'><value>{escape(sender)}</value></field>"
+        f"<field var='last-message-body'><value>{escape(body)}</value></field>"
+        "</x></notification></item></publish>"
+        f"<publish-options><x xmlns='{DATA_NS}' type='submit'>"
+        f"<field var='FORM_TYPE' type='hidden'><value>{PUBLISH_OPTIONS}</value></field>"
+        f"<field var='secret'><value>{escape(secret)}</value></field>"
+        "</x></publish-options></pubsub></iq>"
+    ).encode()
+
+
+def form_values(element: ET.Element) -> dict[str, str]:
+    """var -> first value of every data-form field under `element`."""
+    return {
+        field.get("var", ""): field.findtext(f"{{{DATA_NS}}}value") or ""
+        for field in element.iter(f"{{{DATA_NS}}}field")
+    }
+
+
 # --------------------------------------------------------------------------- /proc
 
 
@@ -135,15 +201,26 @@ def self_cpu_seconds() -> float:
 def code_version() -> str:
     """The commit measured, and whether ofnotify's own files differ from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "component", "notifiers"],
-                               cwd=REPO, capture_output=True, text=True, check=True).stdout
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "component", "notifiers"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
     changed = len(dirty.splitlines())
-    return f"{head}" + (f" + {changed} uncommitted file(s) in component/, notifiers/"
-                        if changed else "")
+    return f"{head}" + (
+        f" + {changed} uncommitted file(s) in component/, notifiers/" if changed else ""
+    )
 
 
 def distribution(values_ms: Sequence[float]) -> str:
@@ -173,7 +250,8 @@ class CpuSnapshot:
     at: float
     ofnotify: float
     server: float
-    generator: float
+    generator: float  # this whole process: load generator, fake FCM (its own thread)
+    main_thread: float  # the load generator's event loop alone (clients or XEP-0114 peer)
 
 
 @dataclass
@@ -194,6 +272,8 @@ class PushBench:
         self.workdir = Path(tempfile.mkdtemp(prefix="ofnotify-bench-"))
         self.fake: FakeFcm | None = None
         self.server: XmppServer | None = None
+        self.peer: ComponentPeer | None = None
+        self.server_name = args.server
         self.proc: subprocess.Popen[bytes] | None = None
         self.profiler: subprocess.Popen[bytes] | None = None
         self.clients: list[Client] = []
@@ -212,9 +292,12 @@ class PushBench:
         self.fake = FakeFcm(project_id="bench-project")
         self.fake.write_service_account(self.workdir / "fcm-service-account.json")
         self.fake.start()
+        if args.server == "direct":
+            return await self.run_direct()
 
         server_cls: type[XmppServer] = BenchProsody if args.server == "prosody" else EjabberdServer
         self.server = server = server_cls(self.workdir / "server")
+        self.server_name = server.name
         if isinstance(server, BenchProsody):
             server.log_level = args.server_log
         started = time.monotonic()
@@ -232,8 +315,10 @@ class PushBench:
                 await asyncio.to_thread(server.register, user, PASSWORD)
 
         await asyncio.gather(*(create(user) for user in recipients + senders))
-        self.progress(f"{len(recipients) + len(senders)} accounts created in "
-                      f"{time.monotonic() - started:.1f} s")
+        self.progress(
+            f"{len(recipients) + len(senders)} accounts created in "
+            f"{time.monotonic() - started:.1f} s"
+        )
 
         self.write_ofnotify_config(server)
         self.start_ofnotify()
@@ -260,12 +345,15 @@ class PushBench:
         # Warm-up: OAuth token, SQLAlchemy statement caches, TCP connections.
         if args.warmup:
             self.progress(f"warm-up: {args.warmup} message(s)")
-            warm = [self.stanza(rcpt_jids[i % len(rcpt_jids)], WARMUP_PREFIX, i) for i in
-                    range(args.warmup)]
+            warm = [
+                self.stanza(rcpt_jids[i % len(rcpt_jids)], WARMUP_PREFIX, i)
+                for i in range(args.warmup)
+            ]
             for i, raw in enumerate(warm):
                 self.clients[i % len(self.clients)].xmpp.send_raw(raw)
-            await self.wait_for(lambda: self.count(WARMUP_PREFIX), args.warmup, idle=20.0,
-                                limit=60.0)
+            await self.wait_for(
+                lambda: self.count(WARMUP_PREFIX), args.warmup, idle=20.0, limit=60.0
+            )
             await asyncio.sleep(1.0)  # let ofnotify record the last outcomes
 
         n = args.n
@@ -311,8 +399,37 @@ class PushBench:
         except TimeoutError:
             server_done = None
 
+        return await self.finish(
+            fake_before=fake_before,
+            sampler=sampler,
+            sent_mono=sent_mono,
+            sent_wall=sent_wall,
+            send_started=send_started,
+            send_done=send_done,
+            server_done=server_done,
+            before=before,
+            counters_before=counters_before,
+        )
+
+    async def finish(
+        self,
+        *,
+        fake_before: int,
+        sampler: asyncio.Task[None],
+        sent_mono: list[float],
+        sent_wall: list[float],
+        send_started: float,
+        send_done: float,
+        server_done: float | None,
+        before: CpuSnapshot,
+        counters_before: dict[str, Any] | None,
+        iq_replies: dict[int, IqReply] | None = None,
+    ) -> Results:
+        """Wait for the FCM requests, take the last figures, stop ofnotify, report."""
+        args = self.args
+        assert self.fake is not None and self.proc is not None
         arrived = await self.wait_for(
-            lambda: self.count(BODY_PREFIX), n, idle=args.idle_timeout, limit=args.timeout
+            lambda: self.count(BODY_PREFIX), args.n, idle=args.idle_timeout, limit=args.timeout
         )
         after = self.cpu_snapshot()
         sampler.cancel()
@@ -340,7 +457,175 @@ class PushBench:
             threads=threads,
             exit_code=exit_code,
             counters=(counters_before, counters_after),
+            iq_replies=iq_replies,
         )
+
+    async def run_direct(self) -> Results:
+        """ofnotify alone: this process is the XMPP server's side of XEP-0114."""
+        self.peer = peer = ComponentPeer()
+        await peer.start()
+        self.progress(f"XEP-0114 peer listening: {peer!r}")
+        self.write_ofnotify_config(peer)
+        self.start_ofnotify()
+        try:
+            return await self.measure_direct(peer)
+        finally:
+            await peer.close()
+
+    async def measure_direct(self, peer: ComponentPeer) -> Results:
+        args = self.args
+        assert self.fake is not None and self.proc is not None
+        started = time.monotonic()
+        await self.wait_connected(peer)
+        self.progress(f"ofnotify's component connected after {time.monotonic() - started:.1f} s")
+
+        # Registration, routed by us as a server would route a client's IQ.
+        started = time.monotonic()
+        accounts = [f"rcpt{i}@{peer.domain}/phone" for i in range(args.recipients)]
+        gate = asyncio.Semaphore(32)
+
+        async def enroll(index: int, account: str) -> tuple[str, str]:
+            async with gate:
+                return await self.register_direct(peer, index, account)
+
+        nodes = await asyncio.gather(*(enroll(i, a) for i, a in enumerate(accounts)))
+        self.progress(f"{len(nodes)} account(s) registered in {time.monotonic() - started:.1f} s")
+        senders = [f"sender{i}@{peer.domain}/bench" for i in range(args.senders)]
+
+        def publish(id_prefix: str, body_prefix: str, seq: int) -> bytes:
+            node, secret = nodes[seq % len(nodes)]
+            return publish_stanza(
+                f"{id_prefix}{seq}",
+                peer.domain,
+                peer.component_jid,
+                node,
+                secret,
+                senders[seq % len(senders)],
+                f"{body_prefix}{seq}",
+            )
+
+        # Warm-up: OAuth token, SQLAlchemy statement caches, TCP connections.
+        if args.warmup:
+            self.progress(f"warm-up: {args.warmup} publish(es)")
+            await peer.drain()
+            peer.write(b"".join(publish("w", WARMUP_PREFIX, i) for i in range(args.warmup)))
+            await self.wait_for(
+                lambda: self.count(WARMUP_PREFIX), args.warmup, idle=20.0, limit=60.0
+            )
+            await asyncio.sleep(1.0)  # let ofnotify record the last outcomes
+        peer.replies.clear()
+
+        n = args.n
+        stanzas = [publish("p", BODY_PREFIX, i) for i in range(n)]
+        sent_mono = [0.0] * n
+        sent_wall = [0.0] * n
+        fake_before = len(self.fake.requests)
+        if self.start_profiler():
+            await asyncio.sleep(0.5)  # attached before the load starts
+        counters_before = await self.counters()
+        before = self.cpu_snapshot()
+        self.rss_start_kb = status_kb(self.proc.pid, "VmRSS")
+        self.progress(
+            f"writing {n} publishes at {'max speed' if args.rate <= 0 else f'{args.rate:g}/s'} "
+            f"for {len(nodes)} account(s)"
+        )
+        send_started = time.monotonic()
+        sampler = asyncio.create_task(self.sample(send_started), name="sampler")
+        await self.send_direct(peer, stanzas, sent_mono, sent_wall, send_started)
+        send_done = time.monotonic()
+        answered = await self.wait_for(
+            lambda: sum(1 for key in peer.replies if key[:1] == "p"),
+            n,
+            idle=args.idle_timeout,
+            limit=args.timeout,
+        )
+        replies = {
+            seq: reply for seq in range(n) if (reply := peer.replies.get(f"p{seq}")) is not None
+        }
+        server_done = max(r.at for r in replies.values()) if answered >= n and replies else None
+        return await self.finish(
+            fake_before=fake_before,
+            sampler=sampler,
+            sent_mono=sent_mono,
+            sent_wall=sent_wall,
+            send_started=send_started,
+            send_done=send_done,
+            server_done=server_done,
+            before=before,
+            counters_before=counters_before,
+            iq_replies=replies,
+        )
+
+    async def send_direct(
+        self,
+        peer: ComponentPeer,
+        stanzas: list[bytes],
+        sent_mono: list[float],
+        sent_wall: list[float],
+        start: float,
+    ) -> None:
+        """Write the publishes: paced at --rate, in bursts of what is due per loop tick;
+        with --rate 0, --burst at a time, as fast as the transport takes them. Each
+        publish is stamped just before the write that carries it."""
+        n, rate, burst = len(stanzas), self.args.rate, self.args.burst
+        i = 0
+        while i < n:
+            if not peer.writable:
+                await peer.drain()  # ofnotify stopped reading: wait, as a server would
+            end = min(n, i + burst)
+            if rate > 0:
+                end = min(end, int((time.monotonic() - start) * rate) + 1)
+            if end > i:
+                mono, wall = time.monotonic(), time.time()
+                sent_mono[i:end] = [mono] * (end - i)
+                sent_wall[i:end] = [wall] * (end - i)
+                peer.write(b"".join(stanzas[i:end]))
+                i = end
+            if rate > 0 and i < n:
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            else:
+                await asyncio.sleep(0)
+
+    async def wait_connected(self, peer: ComponentPeer, limit: float = 60.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + limit
+        while not peer.connected.is_set():
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"ofnotify exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"ofnotify did not connect within {limit:.0f} s "
+                    f"({peer.rejected} handshake(s) refused):\n{self.log_tail()}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(peer.connected.wait(), 0.2)
+
+    async def register_direct(
+        self, peer: ComponentPeer, index: int, account: str
+    ) -> tuple[str, str]:
+        """Run `register-push-fcm` for `account`; return the node and its secret."""
+        assert self.proc is not None
+        iq_id = f"reg{index}"
+        stanza = register_stanza(
+            iq_id, account, peer.component_jid, f"bench-token-{index:04d}", "bench-device"
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            reply = await peer.request(stanza, iq_id, timeout=30)
+            if reply.get("type") == "result":
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"register-push-fcm for {account} failed: "
+                    f"{ET.tostring(reply, encoding='unicode')}\n{self.log_tail()}"
+                )
+            await asyncio.sleep(0.2)
+        values = form_values(reply)
+        if values.get("jid") != peer.component_jid or not values.get("node"):
+            raise RuntimeError(f"unexpected register-push-fcm result: {values}")
+        return values["node"], values["secret"]
 
     def cleanup(self) -> None:
         """Idempotent; runs after success, errors and Ctrl-C alike."""
@@ -372,11 +657,12 @@ class PushBench:
 
     # -- ofnotify ----------------------------------------------------------------------
 
-    def write_ofnotify_config(self, server: XmppServer) -> None:
+    def write_ofnotify_config(self, server: XmppServer | ComponentPeer) -> None:
         assert self.fake is not None
         write_config(
             self.config_path,
-            server,
+            # A ComponentPeer has the attributes write_config reads from a server.
+            cast(XmppServer, server),
             self.fake,
             privacy={"include_sender": True, "include_body": True},
         )
@@ -409,8 +695,14 @@ class PushBench:
         env = {**os.environ, "OFNOTIFY_BENCH_SNAPSHOTS": str(self.workdir)}
         with self.ofnotify_log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*command, "run", "--config", str(self.config_path),
-                 "--log-level", self.args.log_level],
+                [
+                    *command,
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                    "--log-level",
+                    self.args.log_level,
+                ],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -441,14 +733,28 @@ class PushBench:
         py_spy = shutil.which("py-spy")
         if py_spy is None:
             raise RuntimeError("--profile needs py-spy: pip install py-spy")
-        cmd = [py_spy, "record", "--pid", str(self.proc.pid), "--rate", "200", "--format",
-               fmt, "--output", str(path), "--nonblocking", "--threads"]
+        cmd = [
+            py_spy,
+            "record",
+            "--pid",
+            str(self.proc.pid),
+            "--rate",
+            "200",
+            "--format",
+            fmt,
+            "--output",
+            str(path),
+            "--nonblocking",
+            "--threads",
+        ]
         if self.args.profile_idle:
             cmd.append("--idle")
         if self.args.profile_gil:
             cmd.append("--gil")
         self.profiler = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "py-spy.log", "wb"),  # noqa: SIM115
             start_new_session=True,
         )
@@ -478,9 +784,7 @@ class PushBench:
         while True:
             # Until ofnotify's component is connected, the server answers with an error.
             try:
-                result = await client.run_command(
-                    server.component_jid, "register-push-fcm", fields
-                )
+                result = await client.run_command(server.component_jid, "register-push-fcm", fields)
                 break
             except (XmppError, TimeoutError) as exc:
                 if self.proc.poll() is not None:
@@ -510,9 +814,7 @@ class PushBench:
         assert self.fake is not None
         return sum(1 for r in self.fake.requests if seq_of(request_body(r), prefix) is not None)
 
-    async def wait_for(
-        self, counter: Any, target: int, *, idle: float, limit: float
-    ) -> int:
+    async def wait_for(self, counter: Any, target: int, *, idle: float, limit: float) -> int:
         """Wait until counter() reaches target, or made no progress for `idle` s."""
         deadline = time.monotonic() + limit
         last, last_change = -1, time.monotonic()
@@ -544,8 +846,14 @@ class PushBench:
                 )
             await asyncio.sleep(1.0)
 
-    def timeline(self, out: Results, outbox: dict[int, float], sent_wall: list[float],
-                 send_started: float, sent_mono: list[float]) -> None:
+    def timeline(
+        self,
+        out: Results,
+        outbox: dict[int, float],
+        sent_wall: list[float],
+        send_started: float,
+        sent_mono: list[float],
+    ) -> None:
         """Per interval: messages sent, publishes accepted, FCM requests, CPU of each side."""
         if len(self.samples) < 2:
             return
@@ -554,8 +862,10 @@ class PushBench:
         offset = sent_wall[0] - (sent_mono[0] - send_started)
         ingested = sorted(t - offset for t in outbox.values())
         sent = [t - send_started for t in sent_mono]
-        out.add(f"timeline        per {step} s since the first message: sent/s, accepted/s "
-                "(outbox rows), FCM requests/s, CPU% ofnotify, CPU% server")
+        out.add(
+            f"timeline        per {step} s since the first message: sent/s, accepted/s "
+            "(outbox rows), FCM requests/s, CPU% ofnotify, CPU% server"
+        )
         rows = []
         for i in range(0, len(self.samples) - 1, step):
             a, b = self.samples[i], self.samples[min(i + step, len(self.samples) - 1)]
@@ -564,9 +874,12 @@ class PushBench:
                 continue
             n_sent = sum(1 for t in sent if a[0] <= t < b[0])
             n_in = sum(1 for t in ingested if a[0] <= t < b[0])
-            rows.append(f"{a[0]:5.0f}s {n_sent / span:5.0f} {n_in / span:5.0f} "
-                        f"{(b[3] - a[3]) / span:5.0f} {(b[1] - a[1]) / span * 100:4.0f}% "
-                        f"{(b[2] - a[2]) / span * 100:4.0f}%")
+            server = (b[2] - a[2]) / span * 100
+            rows.append(
+                f"{a[0]:5.0f}s {n_sent / span:5.0f} {n_in / span:5.0f} "
+                f"{(b[3] - a[3]) / span:5.0f} {(b[1] - a[1]) / span * 100:4.0f}% "
+                + ("    -" if server != server else f"{server:4.0f}%")
+            )
         for line in rows:
             out.add(f"  {line}")
 
@@ -588,6 +901,7 @@ class PushBench:
             ofnotify=cpu_seconds(self.proc.pid),
             server=group_cpu_seconds(pgrp) if pgrp is not None else float("nan"),
             generator=self_cpu_seconds(),
+            main_thread=time.thread_time(),  # called on the event loop's thread only
         )
 
     def outbox_times(self) -> dict[int, float]:
@@ -621,9 +935,10 @@ class PushBench:
     def folded_rows(self) -> int:
         """Outbox rows the rate limit folded pushes into (dedup key push:<reg>:<conv>:…)."""
         db = self.workdir / "ofnotify.db"
-        with contextlib.suppress(Exception), contextlib.closing(
-            sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        ) as conn:
+        with (
+            contextlib.suppress(Exception),
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn,
+        ):
             rows = conn.execute("SELECT dedup_key FROM outbox").fetchall()
             # Ordinary pushes have a random part; folded ones name the conversation.
             return sum(1 for (key,) in rows if key.startswith("push:") and "@" in key)
@@ -634,8 +949,7 @@ class PushBench:
         with contextlib.suppress(OSError):
             for line in self.ofnotify_log.read_text(errors="replace").splitlines():
                 parts = line.split()
-                if len(parts) > 2 and parts[2] in ("DEBUG", "INFO", "WARNING", "ERROR",
-                                                   "CRITICAL"):
+                if len(parts) > 2 and parts[2] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
                     levels[parts[2]] += 1
         return levels
 
@@ -672,9 +986,11 @@ class PushBench:
         threads: int | None,
         exit_code: int | None,
         counters: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
+        iq_replies: dict[int, IqReply] | None = None,
     ) -> Results:
         args, n = self.args, self.args.n
-        assert self.server is not None
+        direct = self.peer is not None
+        unit = "publishes" if direct else "messages"
         out = Results()
         seen: set[int] = set()
         latencies: list[float] = []
@@ -684,9 +1000,7 @@ class PushBench:
         outbox = {}
         with contextlib.suppress(Exception):
             outbox = self.outbox_times()
-        send_to_ingest = [
-            (outbox[s] - sent_wall[s]) * 1000 for s in outbox if 0 <= s < n
-        ]
+        send_to_ingest = [(outbox[s] - sent_wall[s]) * 1000 for s in outbox if 0 <= s < n]
         for request in requests:
             seq = seq_of(request_body(request))
             if seq is None or not 0 <= seq < n:
@@ -710,79 +1024,207 @@ class PushBench:
         p99 = percentile(lat_sorted, 0.99) if lat_sorted else float("nan")
         hwm_mb = hwm_kb / 1024 if hwm_kb is not None else float("nan")
 
-        rate_label = "as fast as possible" if args.rate <= 0 else f"{args.rate:g} msg/s"
+        rate_label = "as fast as possible" if args.rate <= 0 else f"{args.rate:g}/s"
         out.add("")
-        out.add(f"ofnotify push benchmark — {self.server.name}, N={n}, rate {rate_label}, "
-                f"{args.senders} sender(s) → {args.recipients} recipient(s)")
-        out.add(f"ofnotify code: {code_version()}; per-account push rate limit "
-                + ("ofnotify's default (--keep-rate-limit)" if args.keep_rate_limit
-                   else "lifted for the benchmark" if self.rate_limit_configurable()
-                   else "not present in this version"))
-        out.add(f"machine: {os.cpu_count()} cores, shared by the XMPP server, ofnotify and this "
-                "load generator (which also runs the fake FCM); figures are for the whole chain")
+        if direct:
+            out.add(
+                f"ofnotify push benchmark — direct (this script is the XMPP server's side of "
+                f"XEP-0114; no Prosody/ejabberd), N={n} publishes, rate {rate_label}, "
+                f"{args.recipients} account(s), {args.senders} sender name(s)"
+            )
+        else:
+            out.add(
+                f"ofnotify push benchmark — {self.server_name}, N={n}, rate {rate_label}, "
+                f"{args.senders} sender(s) → {args.recipients} recipient(s)"
+            )
+        out.add(
+            f"ofnotify code: {code_version()}; per-account push rate limit "
+            + (
+                "ofnotify's default (--keep-rate-limit)"
+                if args.keep_rate_limit
+                else "lifted for the benchmark"
+                if self.rate_limit_configurable()
+                else "not present in this version"
+            )
+        )
+        if direct:
+            out.add(
+                f"machine: {os.cpu_count()} cores, shared by ofnotify and this load generator "
+                "(XEP-0114 peer and fake FCM); no XMPP server runs: figures are ofnotify's own "
+                "capacity on this machine, not the whole chain's"
+            )
+        else:
+            out.add(
+                f"machine: {os.cpu_count()} cores, shared by the XMPP server, ofnotify and this "
+                "load generator (which also runs the fake FCM); figures are for the whole chain"
+            )
         out.add("")
-        out.add(f"sent            {n} messages in {send_done - send_started:.2f} s "
-                f"(offered {offered:,.0f} msg/s); server routed all after "
-                + (f"{server_done - send_started:.2f} s" if server_done is not None
-                   else f"more than {args.timeout:.0f} s"))
-        out.add(f"FCM requests    {len(bench_requests)} for {n} messages; {len(seen)} messages "
-                "have a request of their own"
-                + (f" ({duplicates} duplicate requests)" if duplicates else ""))
+        done_what = "ofnotify answered all" if direct else "server routed all"
+        out.add(
+            f"sent            {n} {unit} in {send_done - send_started:.2f} s "
+            f"(offered {offered:,.0f}/s); {done_what} after "
+            + (
+                f"{server_done - send_started:.2f} s"
+                if server_done is not None
+                else f"more than {args.timeout:.0f} s (or not at all)"
+            )
+        )
+        if iq_replies is not None:
+            kinds = Counter(
+                r.type if r.type != "error" else f"error {r.condition}" for r in iq_replies.values()
+            )
+            if len(iq_replies) < n:
+                kinds["no answer"] = n - len(iq_replies)
+            out.add(
+                "IQ replies      "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+                + f" (for {n} publishes)"
+            )
+            if self.peer is not None and (self.peer.received or self.peer.connections != 1):
+                out.add(
+                    f"  from ofnotify also: {dict(self.peer.received)}; "
+                    f"{self.peer.connections} component connection(s)"
+                )
+        out.add(
+            f"FCM requests    {len(bench_requests)} for {n} {unit}; {len(seen)} {unit} "
+            "have a request of their own"
+            + (f" ({duplicates} duplicate requests)" if duplicates else "")
+        )
         if len(seen) < n:
             folded = self.folded_rows()
-            out.add(f"  {n - len(seen)} messages without a request of their own; the outbox "
-                    f"holds {folded} rows that folded several pushes (per-account rate limit)"
-                    + ("" if folded else " — so these were LOST"))
-        out.add("  by status     " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
-                if statuses else "  by status     none")
+            out.add(
+                f"  {n - len(seen)} {unit} without a request of their own; the outbox "
+                f"holds {folded} rows that folded several pushes (per-account rate limit)"
+                + ("" if folded else " — so these were LOST")
+            )
+        out.add(
+            "  by status     " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+            if statuses
+            else "  by status     none"
+        )
         target_rate = f"target ≥ {TARGET_RATE:,.0f}/s with --rate 0"
-        out.add(f"throughput      {rate:8,.0f} notifications/s sustained (first→last FCM request, "
-                f"{span:.2f} s)   [{target_rate}]")
-        out.add(f"latency         {distribution(latencies)}   send → FCM request "
-                f"[target p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT_RATE:.0f}/s]")
-        out.add(f"  send→ingest   {distribution(send_to_ingest)}   message send → outbox row "
-                "committed (XMPP server + ofnotify intake)")
-        out.add(f"  ingest→FCM    {distribution(ingest_to_fcm)}   outbox row → FCM request "
-                "(ofnotify dispatcher + pyfcm)")
-        out.add(f"ofnotify RSS    peak {hwm_mb:6.1f} MB (VmHWM), now "
-                f"{(rss_kb or 0) / 1024:.1f} MB, {(self.rss_start_kb or 0) / 1024:.1f} MB "
-                f"before the load, {threads} threads   [target < {TARGET_RSS_MB:.0f} MB]")
+        out.add(
+            f"throughput      {rate:8,.0f} notifications/s sustained (first→last FCM request, "
+            f"{span:.2f} s)   [{target_rate}]"
+        )
+        what = "publish written → FCM request" if direct else "send → FCM request"
+        out.add(
+            f"latency         {distribution(latencies)}   {what} "
+            f"[target p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT_RATE:.0f}/s]"
+        )
+        accepted: list[float] = []
+        if iq_replies is not None:
+            accepted = [
+                (r.at - sent_mono[s]) * 1000 for s, r in iq_replies.items() if r.type == "result"
+            ]
+            out.add(
+                f"  publish→IQ    {distribution(accepted)}   publish written → IQ result "
+                "read (accepted: outbox row committed)"
+            )
+        if direct:
+            out.add(
+                f"  send→ingest   {distribution(send_to_ingest)}   publish written → outbox "
+                "row committed (ofnotify intake)"
+            )
+        else:
+            out.add(
+                f"  send→ingest   {distribution(send_to_ingest)}   message send → outbox row "
+                "committed (XMPP server + ofnotify intake)"
+            )
+        out.add(
+            f"  ingest→FCM    {distribution(ingest_to_fcm)}   outbox row → FCM request "
+            "(ofnotify dispatcher + pyfcm)"
+        )
+        out.add(
+            f"ofnotify RSS    peak {hwm_mb:6.1f} MB (VmHWM), now "
+            f"{(rss_kb or 0) / 1024:.1f} MB, {(self.rss_start_kb or 0) / 1024:.1f} MB "
+            f"before the load, {threads} threads   [target < {TARGET_RSS_MB:.0f} MB]"
+        )
         ofn_cpu = after.ofnotify - before.ofnotify
-        srv_cpu = after.server - before.server
+        srv_cpu = 0.0 if direct else after.server - before.server
         gen_cpu = after.generator - before.generator
-        out.add(f"CPU             ofnotify {ofn_cpu:6.2f} s total since start "
-                f"{after.ofnotify:.2f} s; during the {window:.2f} s measured window:")
-        for name, used in (("ofnotify", ofn_cpu), (self.server.name, srv_cpu),
-                           ("generator+fake FCM", gen_cpu)):
-            out.add(f"  {name:<18} {used:6.2f} s  = {used / window * 100 if window else 0:5.1f}% "
-                    "of one core")
+        main_cpu = after.main_thread - before.main_thread
+        out.add(
+            f"CPU             ofnotify {ofn_cpu:6.2f} s total since start "
+            f"{after.ofnotify:.2f} s; during the {window:.2f} s measured window:"
+        )
+        rows: list[tuple[str, float]] = [("ofnotify", ofn_cpu)]
+        if not direct:
+            rows.append((self.server_name, srv_cpu))
+        rows += [
+            ("generator: " + ("XEP-0114 peer" if direct else "clients"), main_cpu),
+            ("fake FCM + other threads", gen_cpu - main_cpu),
+        ]
+        for name, used in rows:
+            out.add(
+                f"  {name:<26} {used:6.2f} s  = {used / window * 100 if window else 0:5.1f}% "
+                "of one core"
+            )
         total = ofn_cpu + srv_cpu + gen_cpu
         cores = os.cpu_count() or 1
-        out.add(f"  {'all':<18} {total:6.2f} s  = {total / window * 100 if window else 0:5.1f}% "
-                f"of {cores * 100}% available")
+        out.add(
+            f"  {'all':<26} {total:6.2f} s  = {total / window * 100 if window else 0:5.1f}% "
+            f"of {cores * 100}% available"
+        )
         if len(seen):
-            out.add(f"  ofnotify CPU per notification: {ofn_cpu / len(seen) * 1e3:.2f} ms")
+            out.add(
+                f"  per notification: ofnotify {ofn_cpu / len(seen) * 1e3:.2f} ms, "
+                f"generator {main_cpu / len(seen) * 1e3:.2f} ms"
+            )
         levels = self.log_levels()
         out.add(f"ofnotify log    {dict(sorted(levels.items()))}, exit code {exit_code}")
         for text, count in self.log_problems().most_common(8):
             out.add(f"  {count:5d}x {text}")
         if args.timeline:
-            self.timeline(out, {s: t for s, t in outbox.items() if 0 <= s < n}, sent_wall,
-                          send_started, sent_mono)
+            self.timeline(
+                out,
+                {s: t for s, t in outbox.items() if 0 <= s < n},
+                sent_wall,
+                send_started,
+                sent_mono,
+            )
         if counters[0] is not None and counters[1] is not None and seen:
             self.report_counters(out, counters[0], counters[1], len(seen))
         if args.profile:
             out.add(f"profile         {Path(args.profile).resolve()}")
+        acc_sorted = sorted(accepted)
         out.figures = {
-            "server": self.server.name, "n": n, "rate": args.rate, "senders": args.senders,
-            "recipients": args.recipients, "arrived": len(seen), "duplicates": duplicates,
-            "statuses": dict(statuses), "notifications_per_s": rate, "span_s": span,
-            "latency_ms": {q: percentile(lat_sorted, v) for q, v in
-                           (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))},
-            "p99_ms": p99, "rss_peak_mb": hwm_mb, "cpu_s": {
-                "ofnotify": ofn_cpu, "server": srv_cpu, "generator": gen_cpu, "window": window},
+            "server": self.server_name,
+            "n": n,
+            "rate": args.rate,
+            "senders": args.senders,
+            "recipients": args.recipients,
+            "arrived": len(seen),
+            "duplicates": duplicates,
+            "statuses": dict(statuses),
+            "notifications_per_s": rate,
+            "span_s": span,
+            "latency_ms": {
+                q: percentile(lat_sorted, v)
+                for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+            },
+            "p99_ms": p99,
+            "rss_peak_mb": hwm_mb,
+            "cpu_s": {
+                "ofnotify": ofn_cpu,
+                "server": srv_cpu if not direct else None,
+                "generator": gen_cpu,
+                "generator_main_thread": main_cpu,
+                "window": window,
+            },
             "arrived_total_counter": arrived,
         }
+        if iq_replies is not None:
+            out.figures["iq_replies"] = dict(
+                Counter(
+                    r.type if r.type != "error" else f"error {r.condition}"
+                    for r in iq_replies.values()
+                )
+            )
+            out.figures["publish_to_iq_result_ms"] = {
+                q: percentile(acc_sorted, v)
+                for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+            }
         return out
 
     @staticmethod
@@ -795,12 +1237,16 @@ class PushBench:
             return Counter({k: v for k, v in result.items() if v})
 
         window = after["at"] - before["at"]
-        out.add(f"instrumented    per notification, over {notifications} notifications "
-                f"({window:.2f} s between snapshots):")
+        out.add(
+            f"instrumented    per notification, over {notifications} notifications "
+            f"({window:.2f} s between snapshots):"
+        )
         cpu = delta("thread_cpu")
         for name, seconds in cpu.most_common():
-            out.add(f"  CPU {seconds / notifications * 1e3:6.2f} ms  "
-                    f"({seconds / window * 100:5.1f}% of a core)  {name}")
+            out.add(
+                f"  CPU {seconds / notifications * 1e3:6.2f} ms  "
+                f"({seconds / window * 100:5.1f}% of a core)  {name}"
+            )
         for name, count in sorted(delta("events").items()):
             out.add(f"  {count / notifications:8.2f}  {name}")
         timers_before = before.get("timers", {})
@@ -810,28 +1256,37 @@ class PushBench:
             calls -= calls_before
             total -= total_before
             if calls > 0:
-                out.add(f"  {calls / notifications:8.2f}  {total / calls * 1e3:8.2f} ms mean "
-                        f"{peak * 1e3:8.1f} ms max  {label}")
+                out.add(
+                    f"  {calls / notifications:8.2f}  {total / calls * 1e3:8.2f} ms mean "
+                    f"{peak * 1e3:8.1f} ms max  {label}"
+                )
         lag = after.get("lag_ms", [])
         new = after.get("lag_samples", 0) - before.get("lag_samples", 0)
         if lag and new > 0:
-            out.add(f"  event-loop lag (a 10 ms sleep wakes this late): "
-                    f"{distribution(lag[-min(new, len(lag)):])}")
+            out.add(
+                f"  event-loop lag (a 10 ms sleep wakes this late): "
+                f"{distribution(lag[-min(new, len(lag)) :])}"
+            )
         sizes: Counter[str] = Counter(after.get("batch_sizes", {}))
         sizes.subtract(before.get("batch_sizes", {}))
         batches = sum(sizes.values())
         if batches:
             units = sum(int(size) * count for size, count in sizes.items())
-            out.add(f"  committer batches: {batches}, mean {units / batches:.1f} units, "
-                    f"max {max(int(k) for k, v in sizes.items() if v)}")
+            out.add(
+                f"  committer batches: {batches}, mean {units / batches:.1f} units, "
+                f"max {max(int(k) for k, v in sizes.items() if v)}"
+            )
         seconds = delta("statement_seconds")
         counts = delta("statements")
         total = sum(counts.values())
-        out.add(f"  {total / notifications:8.2f}  SQL statements, by shape "
-                "(count per notification, mean wall ms as the event loop sees it):")
+        out.add(
+            f"  {total / notifications:8.2f}  SQL statements, by shape "
+            "(count per notification, mean wall ms as the event loop sees it):"
+        )
         for shape, count in counts.most_common():
-            out.add(f"  {count / notifications:8.2f}  {seconds[shape] / count * 1e3:7.2f} ms  "
-                    f"{shape}")
+            out.add(
+                f"  {count / notifications:8.2f}  {seconds[shape] / count * 1e3:7.2f} ms  {shape}"
+            )
 
     def progress(self, text: str) -> None:
         if not self.args.quiet:
@@ -844,54 +1299,129 @@ class PushBench:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.push_throughput",
-        description="Measure ofnotify's push throughput and latency against a real XMPP "
-        "server and a local FCM stand-in (measures only; asserts nothing).",
+        description="Measure ofnotify's push throughput and latency, alone (--server direct) "
+        "or behind a real XMPP server, against a local FCM stand-in (measures only; asserts "
+        "nothing).",
     )
-    parser.add_argument("--n", type=int, default=5000, help="messages to send (default 5000)")
-    parser.add_argument("--rate", type=float, default=500.0,
-                        help="messages/s to offer; 0 = as fast as possible (default 500)")
-    parser.add_argument("--server", choices=["prosody", "ejabberd"], default="prosody")
-    parser.add_argument("--senders", type=int, default=2, help="sending clients (default 2)")
-    parser.add_argument("--recipients", type=int, default=4,
-                        help="offline recipients with push enabled (default 4)")
-    parser.add_argument("--warmup", type=int, default=100,
-                        help="messages sent and awaited before measuring (default 100)")
-    parser.add_argument("--burst", type=int, default=100,
-                        help="with --rate 0: messages written between event-loop yields")
-    parser.add_argument("--timeout", type=float, default=900.0,
-                        help="upper bound in s on waiting for the FCM requests")
-    parser.add_argument("--idle-timeout", type=float, default=20.0,
-                        help="stop waiting after this many s without a new FCM request")
-    parser.add_argument("--keep-rate-limit", action="store_true",
-                        help="keep ofnotify's per-account push rate limit (by default the "
-                        "benchmark lifts it: with few recipients it would fold most pushes)")
-    parser.add_argument("--server-log", choices=["debug", "info"], default="info",
-                        help="Prosody's log level (the test suite uses debug; default info)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="ofnotify's --log-level (default INFO, as in production)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="override channels.phone.concurrency (ofnotify default 16)")
-    parser.add_argument("--keepalive", type=float, default=None, metavar="SECONDS",
-                        help="xmpp.keepalive_interval (default: ofnotify's, 60 s; the test "
-                        "suite uses 5 s)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="override delivery.batch_size (ofnotify default 256)")
-    parser.add_argument("--profile", metavar="FILE", default=None,
-                        help="record ofnotify with py-spy during the measured phase")
-    parser.add_argument("--profile-idle", action="store_true",
-                        help="with --profile: include idle (waiting) threads")
-    parser.add_argument("--profile-gil", action="store_true",
-                        help="with --profile: sample only the thread holding the GIL "
-                        "(where a GIL-bound process spends its one core)")
-    parser.add_argument("--instrument", action="store_true",
-                        help="run ofnotify through bench/instrument.py and print SQL "
-                        "statements, thread hand-offs, HTTP connections and CPU by thread "
-                        "per notification")
-    parser.add_argument("--timeline", action="store_true",
-                        help="print rates and CPU per 5 s interval")
-    parser.add_argument("--json", metavar="FILE", default=None,
-                        help="also write the figures as JSON")
+    parser.add_argument(
+        "--n", type=int, default=5000, help="messages (direct: publishes) to send (default 5000)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=500.0,
+        help="messages (direct: publishes)/s to offer; 0 = as fast as possible (default 500)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=["direct", "prosody", "ejabberd"],
+        default="direct",
+        help="direct (default): no XMPP server, this script speaks XEP-0114 to ofnotify and "
+        "publishes itself (ofnotify's own capacity); prosody/ejabberd: the whole chain",
+    )
+    parser.add_argument(
+        "--senders",
+        type=int,
+        default=2,
+        help="sending clients (direct: distinct last-message-sender values) (default 2)",
+    )
+    parser.add_argument(
+        "--recipients",
+        type=int,
+        default=4,
+        help="offline recipients with push enabled (direct: registered accounts the "
+        "publishes are spread over) (default 4)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="messages sent and awaited before measuring (default 100)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=100,
+        help="messages written between event-loop yields (direct: also the "
+        "largest burst when paced)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="upper bound in s on waiting for the FCM requests",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=20.0,
+        help="stop waiting after this many s without a new FCM request",
+    )
+    parser.add_argument(
+        "--keep-rate-limit",
+        action="store_true",
+        help="keep ofnotify's per-account push rate limit (by default the "
+        "benchmark lifts it: with few recipients it would fold most pushes)",
+    )
+    parser.add_argument(
+        "--server-log",
+        choices=["debug", "info"],
+        default="info",
+        help="Prosody's log level (the test suite uses debug; default info)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="ofnotify's --log-level (default INFO, as in production)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="override channels.phone.concurrency (ofnotify default 16)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="xmpp.keepalive_interval (default: ofnotify's, 60 s; the test suite uses 5 s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="override delivery.batch_size (ofnotify default 256)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=None,
+        help="record ofnotify with py-spy during the measured phase",
+    )
+    parser.add_argument(
+        "--profile-idle", action="store_true", help="with --profile: include idle (waiting) threads"
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL "
+        "(where a GIL-bound process spends its one core)",
+    )
+    parser.add_argument(
+        "--instrument",
+        action="store_true",
+        help="run ofnotify through bench/instrument.py and print SQL "
+        "statements, thread hand-offs, HTTP connections and CPU by thread "
+        "per notification",
+    )
+    parser.add_argument(
+        "--timeline", action="store_true", help="print rates and CPU per 5 s interval"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", default=None, help="also write the figures as JSON"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
