@@ -59,10 +59,20 @@ def code_version(repo: Path) -> str:
     import subprocess
 
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "component", "notifiers"],
-                               cwd=repo, capture_output=True, text=True, check=True).stdout
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "component", "notifiers"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
     changed = len(dirty.splitlines())
@@ -249,35 +259,46 @@ class OpenfireWriter:
             extra=extra,
         )
 
-    def row(self, to_user: str, from_user: str, created_ms: int,
-            body: str | None = None) -> tuple[str, int, str, int, str]:
+    def row(
+        self, to_user: str, from_user: str, created_ms: int, body: str | None = None
+    ) -> tuple[str, int, str, int, str]:
         stanza = self.stanza(to_user, from_user, body)
         size = len(stanza.encode("utf-16-le")) // 2
         return (to_user, self.take_id(), of_date(created_ms), size, stanza)
 
 
-def copy_users(conn: psycopg.Connection[Any], users: Sequence[tuple[str, str, str | None]],
-               offline: bool = True) -> None:
+def copy_users(
+    conn: psycopg.Connection[Any],
+    users: Sequence[tuple[str, str, str | None]],
+    offline: bool = True,
+) -> None:
     """ofUser rows (username, name, email), and ofPresence rows: they are offline."""
     now = of_date()
     with conn.cursor() as cur:
-        with cur.copy("COPY ofUser (username, plainPassword, name, email, creationDate, "
-                      "modificationDate) FROM STDIN") as copy:
+        with cur.copy(
+            "COPY ofUser (username, plainPassword, name, email, creationDate, "
+            "modificationDate) FROM STDIN"
+        ) as copy:
             for username, name, email in users:
                 copy.write_row((username, "pw", name, email, now, now))
         if offline:
-            with cur.copy("COPY ofPresence (username, offlinePresence, offlineDate) "
-                          "FROM STDIN") as copy:
+            with cur.copy(
+                "COPY ofPresence (username, offlinePresence, offlineDate) FROM STDIN"
+            ) as copy:
                 for username, _, _ in users:
                     copy.write_row((username, None, now))
 
 
-def copy_offline(conn: psycopg.Connection[Any], rows: Iterable[tuple[str, int, str, int, str]]
-                 ) -> int:
+def copy_offline(
+    conn: psycopg.Connection[Any], rows: Iterable[tuple[str, int, str, int, str]]
+) -> int:
     count = 0
-    with conn.cursor() as cur, cur.copy(
-        "COPY ofOffline (username, messageID, creationDate, messageSize, stanza) FROM STDIN"
-    ) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY ofOffline (username, messageID, creationDate, messageSize, stanza) FROM STDIN"
+        ) as copy,
+    ):
         for row in rows:
             copy.write_row(row)
             count += 1
@@ -390,12 +411,26 @@ class QueryTimer:
         event.listen(engine.sync_engine, "before_cursor_execute", self._before)
         event.listen(engine.sync_engine, "after_cursor_execute", self._after)
 
-    def _before(self, conn: Any, cursor: Any, statement: str, parameters: Any,
-                context: Any, executemany: bool) -> None:
+    def _before(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
         conn.info.setdefault("bench_started", []).append(time.perf_counter())
 
-    def _after(self, conn: Any, cursor: Any, statement: str, parameters: Any,
-               context: Any, executemany: bool) -> None:
+    def _after(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
         started = conn.info["bench_started"].pop()
         if not self.enabled:
             return
@@ -439,8 +474,11 @@ def make_config(
             }
         },
         "rules": [{"event": "offline_message", "channel": "mail", **rule}],
-        "openfire": {"database_url": openfire_url, "domain": DOMAIN,
-                     "poll_interval": poll_interval},
+        "openfire": {
+            "database_url": openfire_url,
+            "domain": DOMAIN,
+            "poll_interval": poll_interval,
+        },
     }
     if batch_size:
         data["delivery"] = {"batch_size": batch_size}
@@ -481,8 +519,17 @@ class Pipeline:
             include_body=config.privacy.include_body,
         )
         watcher = TimedWatcher(config.openfire, openfire_engine, sessionmaker, ingest)
-        return cls(config, engine, sessionmaker, committer, openfire_engine, ingest, watcher,
-                   queries, store_queries)
+        return cls(
+            config,
+            engine,
+            sessionmaker,
+            committer,
+            openfire_engine,
+            ingest,
+            watcher,
+            queries,
+            store_queries,
+        )
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -510,7 +557,8 @@ def explain(
             conn.execute(setting)  # type: ignore[arg-type]
         if not generic:
             rows = conn.execute(
-                f"EXPLAIN (ANALYZE, BUFFERS) {statement}", params  # type: ignore[arg-type]
+                f"EXPLAIN (ANALYZE, BUFFERS) {statement}",
+                params,  # type: ignore[arg-type]
             ).fetchall()
             return [r[0] for r in rows]
         names: list[str] = []
@@ -532,8 +580,7 @@ def explain(
 
 def plan_summary(lines: Sequence[str]) -> str:
     """The top plan nodes, the first Buffers line and the execution time, on one line."""
-    nodes = [ln.strip().lstrip("-> ").split("  (")[0] for ln in lines
-             if "(cost=" in ln][:3]
+    nodes = [ln.strip().lstrip("-> ").split("  (")[0] for ln in lines if "(cost=" in ln][:3]
     buffers = next((ln.strip() for ln in lines if ln.strip().startswith("Buffers:")), "")
     execution = next((ln.strip() for ln in lines if ln.startswith("Execution Time")), "")
     return " / ".join(nodes) + (f"; {buffers}" if buffers else "") + f"; {execution}"

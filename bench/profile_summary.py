@@ -138,28 +138,63 @@ KIND_LABELS = {
 # any one must occur in the stack). Greenlet stacks (SQLAlchemy's sync ORM code under
 # asyncio) start at the ORM call, so they are recognised by ORM internals.
 ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("aiosqlite hand-off: GIL/queue wait at the thread boundary",
-     ("@leaf:Connection._execute (aiosqlite/core.py",)),
-    ("asyncio self-pipe wake-ups (call_soon_threadsafe from worker threads)",
-     ("@leaf:BaseSelectorEventLoop._read_from_self", "@leaf:BaseSelectorEventLoop._write_to_self")),
+    (
+        "aiosqlite hand-off: GIL/queue wait at the thread boundary",
+        ("@leaf:Connection._execute (aiosqlite/core.py",),
+    ),
+    (
+        "asyncio self-pipe wake-ups (call_soon_threadsafe from worker threads)",
+        (
+            "@leaf:BaseSelectorEventLoop._read_from_self",
+            "@leaf:BaseSelectorEventLoop._write_to_self",
+        ),
+    ),
     ("logging", ("(logging/",)),
-    ("committer: outbox INSERT (Ingest.publish work → outbox.enqueue)",
-     ("Ingest.publish.<locals>.work", "enqueue (component/outbox.py", "_BulkORMInsert")),
-    ("committer: outcome UPDATE + delivery_log INSERT (Dispatcher._record work)",
-     ("Dispatcher._record.<locals>.work", "_BulkORMUpdate", "Session._flush", "Session.flush")),
-    ("compose: registration lookup (Composer → session.get)",
-     ("Composer.", "Session.get (", "_load_on_pk_identity")),
-    ("dispatcher: claim / next due / lease renewal",
-     ("Dispatcher._claim", "claim_due", "next_due_at", "Dispatcher._sleep_until_due",
-      "renew_leases")),
-    ("SQLAlchemy sessions, transactions, pool checkout (begin/commit/close)",
-     ("GroupCommitter._commit", "Session.commit", "Session.close", "SessionTransaction",
-      "AsyncSession.", "Pool.", "pool/", "TransactionalContext", "Session.begin",
-      "Dispatcher._deliver")),
-    ("XEP-0357 publish handling (AppServer, parse_publish, node cache, policy)",
-     ("AppServer.", "parse_publish", "Policy.", "NodeCache")),
-    ("XMPP input: expat parsing, slixmpp stanza objects and handler matching",
-     ("XMLStream.data_received", "slixmpp/")),
+    (
+        "committer: outbox INSERT (Ingest.publish work → outbox.enqueue)",
+        ("Ingest.publish.<locals>.work", "enqueue (component/outbox.py", "_BulkORMInsert"),
+    ),
+    (
+        "committer: outcome UPDATE + delivery_log INSERT (Dispatcher._record work)",
+        ("Dispatcher._record.<locals>.work", "_BulkORMUpdate", "Session._flush", "Session.flush"),
+    ),
+    (
+        "compose: registration lookup (Composer → session.get)",
+        ("Composer.", "Session.get (", "_load_on_pk_identity"),
+    ),
+    (
+        "dispatcher: claim / next due / lease renewal",
+        (
+            "Dispatcher._claim",
+            "claim_due",
+            "next_due_at",
+            "Dispatcher._sleep_until_due",
+            "renew_leases",
+        ),
+    ),
+    (
+        "SQLAlchemy sessions, transactions, pool checkout (begin/commit/close)",
+        (
+            "GroupCommitter._commit",
+            "Session.commit",
+            "Session.close",
+            "SessionTransaction",
+            "AsyncSession.",
+            "Pool.",
+            "pool/",
+            "TransactionalContext",
+            "Session.begin",
+            "Dispatcher._deliver",
+        ),
+    ),
+    (
+        "XEP-0357 publish handling (AppServer, parse_publish, node cache, policy)",
+        ("AppServer.", "parse_publish", "Policy.", "NodeCache"),
+    ),
+    (
+        "XMPP input: expat parsing, slixmpp stanza objects and handler matching",
+        ("XMLStream.data_received", "slixmpp/"),
+    ),
     ("FCM hand-off to the executor", ("FcmNotifier.send", "run_in_executor")),
 )
 
@@ -172,7 +207,7 @@ def activity(frames: Sequence[str]) -> str:
     for label, needles in ACTIVITIES:
         for needle in needles:
             if needle.startswith("@leaf:"):
-                if leaf.startswith(needle[len("@leaf:"):]):
+                if leaf.startswith(needle[len("@leaf:") :]):
                     return label
             elif needle in text:
                 return label
@@ -191,8 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_summary")
     parser.add_argument("file", type=Path)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--thread", choices=["main", "fcm", "aiosqlite", "other", "all"],
-                        default="main", help="threads for the function tables (default main)")
+    parser.add_argument(
+        "--thread",
+        choices=["main", "fcm", "aiosqlite", "other", "all"],
+        default="main",
+        help="threads for the function tables (default main)",
+    )
     parser.add_argument("--lines", action="store_true", help="keep line numbers")
     args = parser.parse_args(argv)
     stacks = load(args.file)
@@ -212,11 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         (wait_by_kind if is_wait(s.frames) else busy_by_kind)[kind] += s.count
     for kind in sorted(threads_by_kind, key=lambda k: -busy_by_kind[k]):
         busy, wait = busy_by_kind[kind], wait_by_kind[kind]
-        print(f"  {busy / total_all * 100:5.1f}% busy  {wait / total_all * 100:5.1f}% waiting  "
-              f"{KIND_LABELS[kind]} ({len(threads_by_kind[kind])} thread ids)")
+        print(
+            f"  {busy / total_all * 100:5.1f}% busy  {wait / total_all * 100:5.1f}% waiting  "
+            f"{KIND_LABELS[kind]} ({len(threads_by_kind[kind])} thread ids)"
+        )
 
     chosen = [
-        s for s in stacks
+        s
+        for s in stacks
         if (args.thread == "all" or thread_kind(s.thread) == args.thread) and not is_wait(s.frames)
     ]
     total = sum(s.count for s in chosen)
@@ -253,8 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nfunction tables: {label}, busy samples only ({total})")
     table("own time by package", own_pkg, 20)
     table("own time by function", own_fn, args.top)
-    table("inclusive time, ofnotify's own functions (component/, notifiers/)", incl_ours,
-          args.top)
+    table("inclusive time, ofnotify's own functions (component/, notifiers/)", incl_ours, args.top)
     table("inclusive time, all functions", incl_fn, args.top)
     return 0
 
