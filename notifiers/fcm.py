@@ -2,9 +2,10 @@
 
 pyfcm is synchronous and, left alone, retries 503s for minutes, sleeps on every
 Retry-After and loops forever on 429. Retries belong to the dispatcher (durable,
-bounded), so here every request is sent exactly once: urllib3 retries are off and
-`send_request` is overridden to post once. The HTTP call runs in a dedicated thread
-pool so the event loop never blocks.
+bounded), so here every request is sent exactly once: `send_request` is overridden
+to post once, through a lean urllib3 session without retries (fcm_http.py says why
+not requests). The HTTP call runs in a dedicated thread pool so the event loop never
+blocks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +21,11 @@ from typing import Any
 import requests
 from pyfcm import FCMNotification
 from pyfcm import errors as pyfcm_errors
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from component.redact import shorten
 
 from .base import Notification, Notifier, Outcome, SendResult
+from .fcm_http import LeanResponse, LeanSession, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ EXCEPTION_OUTCOMES: dict[type[Exception], Outcome] = {
 # Transport problems: the request may or may not have reached FCM; a duplicate push
 # is better than none (data messages with a collapse key replace each other).
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
-    requests.ConnectionError,
+    TransportError,  # urllib3: refused, reset, timed out, TLS, proxy
+    requests.ConnectionError,  # google-auth's token request goes through requests
     requests.Timeout,
 )
 
@@ -70,14 +72,19 @@ class FcmAnswer:
 class _SingleShotFCM(FCMNotification):
     """pyfcm with its hidden retry loops removed; remembers the last HTTP answer."""
 
+    # pyfcm refreshes the bearer header this often (its own choice); tokens live 1 h.
+    TOKEN_REFRESH_SECONDS = 1800
+
     def __init__(self, *args: Any, endpoint: str | None, pool_size: int, **kwargs: Any) -> None:
-        # One pooled connection per worker thread; retries are the dispatcher's job.
-        adapter = HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=pool_size)
-        super().__init__(*args, adapter=adapter, **kwargs)
+        super().__init__(*args, **kwargs)
         if endpoint:
             self.FCM_END_POINT_BASE = f"{endpoint}/v1/projects"
         self.last_answer = threading.local()
+        self._pool_size = pool_size
+        self._session: LeanSession | None = None
+        self._token_expiry = 0.0
         self._token_lock = threading.Lock()
+        self._session_lock = threading.Lock()
 
     def _get_access_token(self) -> str:
         # pyfcm refreshes one shared credentials object from every worker thread at
@@ -89,27 +96,32 @@ class _SingleShotFCM(FCMNotification):
         return token
 
     @property
-    def requests_session(self) -> requests.Session:
-        session: requests.Session = super().requests_session
-        if session.trust_env:
-            # requests re-reads proxy variables from os.environ on every request, which
-            # caps a process near 800 requests/s. There is one endpoint: resolve its
-            # proxy (honouring NO_PROXY) once per session instead.
-            session.proxies.update(requests.utils.get_environ_proxies(self.fcm_end_point))
-            session.trust_env = False
-        return session
+    def requests_session(self) -> LeanSession:  # type: ignore[override]
+        with self._session_lock:
+            if self._session is None:
+                self._session = LeanSession(self.fcm_end_point, self._pool_size)
+            now = time.time()
+            if self._token_expiry < now:
+                # A new dict, swapped in whole: other threads never see a half update.
+                self._session.headers = self.request_headers()
+                self._token_expiry = now + self.TOKEN_REFRESH_SECONDS
+            return self._session
 
-    def send_request(self, payload: Any = None, timeout: Any = None) -> requests.Response:
+    def send_request(self, payload: Any = None, timeout: Any = None) -> LeanResponse:
         response = self.requests_session.post(self.fcm_end_point, data=payload, timeout=timeout)
         if self._is_access_token_expired(response):
             # The cached OAuth token expired early: refresh once, then accept the answer.
-            self.thread_local.token_expiry = 0
+            self._token_expiry = 0.0
             response = self.requests_session.post(self.fcm_end_point, data=payload, timeout=timeout)
         self.last_answer.value = _read_answer(response)
         return response
 
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
-def _read_answer(response: requests.Response) -> FcmAnswer:
+
+def _read_answer(response: LeanResponse) -> FcmAnswer:
     error_code = None
     if response.status_code != 200:
         try:
@@ -122,7 +134,7 @@ def _read_answer(response: requests.Response) -> FcmAnswer:
     return FcmAnswer(response.status_code, error_code, _retry_after(response))
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: LeanResponse) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -243,6 +255,7 @@ class FcmNotifier(Notifier):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
 
 
 def collapse_key(notification: Notification) -> str:
