@@ -16,6 +16,14 @@ from dataclasses import dataclass
 PUBSUB = "http://jabber.org/protocol/pubsub"
 PUSH = "urn:xmpp:push:0"
 DATAFORM = "jabber:x:data"
+PUBSUB_EL = f"{{{PUBSUB}}}pubsub"
+PUBLISH_EL = f"{{{PUBSUB}}}publish"
+ITEM_EL = f"{{{PUBSUB}}}item"
+OPTIONS_EL = f"{{{PUBSUB}}}publish-options"
+NOTIFICATION_EL = f"{{{PUSH}}}notification"
+FORM_EL = f"{{{DATAFORM}}}x"
+FIELD = f"{{{DATAFORM}}}field"
+VALUE = f"{{{DATAFORM}}}value"
 
 MAX_FIELD_CHARS = 4096  # a summary is a hint, not the message: cap what we keep
 # Nodes are ours (`registrations.node`, String(64)): a longer one cannot exist, and must
@@ -45,20 +53,29 @@ def _form_fields(form: ET.Element | None) -> dict[str, str]:
     fields: dict[str, str] = {}
     if form is None:
         return fields
-    for field in form.findall(f"{{{DATAFORM}}}field"):
+    for field in form:
         var = field.get("var")
-        if not var:
+        if field.tag != FIELD or not var:
             continue
-        values = [v.text or "" for v in field.findall(f"{{{DATAFORM}}}value")]
+        values = [v.text or "" for v in field if v.tag == VALUE]
         fields[var] = "\n".join(values)[:MAX_FIELD_CHARS]
     return fields
 
 
+def _child(parent: ET.Element | None, tag: str) -> ET.Element | None:
+    # A plain scan: ElementPath's `find` costs more than the handful of children here.
+    if parent is not None:
+        for child in parent:
+            if child.tag == tag:
+                return child
+    return None
+
+
 def parse_publish(iq: ET.Element) -> Publish:
-    pubsub = iq.find(f"{{{PUBSUB}}}pubsub")
+    pubsub = _child(iq, PUBSUB_EL)
     if pubsub is None:
         raise PublishError("bad-request", "no pubsub element")
-    publish = pubsub.find(f"{{{PUBSUB}}}publish")
+    publish = _child(pubsub, PUBLISH_EL)
     if publish is None:
         raise PublishError("bad-request", "no publish element")
     node = publish.get("node") or ""
@@ -66,13 +83,11 @@ def parse_publish(iq: ET.Element) -> Publish:
         raise PublishError("bad-request", "publish without node")
     if len(node) > MAX_NODE_CHARS:
         raise PublishError("item-not-found", "no such node")
-    item = publish.find(f"{{{PUBSUB}}}item")
-    notification = item.find(f"{{{PUSH}}}notification") if item is not None else None
+    notification = _child(_child(publish, ITEM_EL), NOTIFICATION_EL)
     if notification is None:
         raise PublishError("bad-request", "no urn:xmpp:push:0 notification")
-    summary = _form_fields(notification.find(f"{{{DATAFORM}}}x"))
-    options_el = pubsub.find(f"{{{PUBSUB}}}publish-options")
-    options = _form_fields(options_el.find(f"{{{DATAFORM}}}x") if options_el is not None else None)
+    summary = _form_fields(_child(notification, FORM_EL))
+    options = _form_fields(_child(_child(pubsub, OPTIONS_EL), FORM_EL))
     return Publish(
         node=node,
         secret=options.get("secret") or None,

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,9 @@ FATAL_STREAM_ERRORS = {"not-authorized", "host-unknown", "invalid-namespace"}
 
 CONNECT_TIMEOUT = 30.0
 
+# Sees a stanza before slixmpp builds stanza objects for it; True = taken.
+RawHandler = Callable[[ET.Element], bool]
+
 
 class Component(ComponentXMPP):
     """ComponentXMPP with the plugins ofnotify relies on."""
@@ -46,6 +50,28 @@ class Component(ComponentXMPP):
         self.whitespace_keepalive = False
         self.last_inbound = time.monotonic()
         self.add_filter("in", self._inbound)
+        self._raw_handlers: list[RawHandler] = []
+
+    def add_raw_handler(self, handler: RawHandler) -> None:
+        """For the stanza that arrives by the thousand (XEP-0357 publishes): building
+        slixmpp's stanza objects and matching them against every handler costs more
+        CPU than handling the publish. A raw handler reads the element instead and
+        hands back, through `process_normally`, whatever it will not answer itself."""
+        self._raw_handlers.append(handler)
+
+    def _spawn_event(self, xml: ET.Element) -> None:
+        # slixmpp's hook between the XML parser and stanza objects (XMLStream).
+        xml = self.incoming_filter(xml)
+        self.last_inbound = time.monotonic()
+        for handler in self._raw_handlers:
+            if handler(xml):
+                return
+        super()._spawn_event(xml)
+
+    def process_normally(self, xml: ET.Element) -> None:
+        """The usual slixmpp path (filters, stanza objects, handlers) for a stanza a raw
+        handler took and then declined."""
+        super()._spawn_event(xml)
 
     def _inbound(self, stanza: Any) -> Any:
         # Any stanza proves the stream alive: under a backlog the answer to a ping waits
