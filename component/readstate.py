@@ -67,13 +67,16 @@ async def record_missed_many(
     None for one recorded before. Read state is refreshed once per conversation."""
     if not messages:
         return []
+    # A parameter list, not `.values(list)`: the statement is compiled once and cached
+    # (SQLAlchemy's "insertmanyvalues" still sends one multi-row INSERT); compiling a
+    # fresh multi-row VALUES for every batch size cost more than running it.
     stmt = (
-        dialect_insert(session)(MissedMessage)
-        .values([{**m, "state": MessageState.UNREAD} for m in messages])
+        dialect_insert(session)(MissedMessage.__table__)
         .on_conflict_do_nothing(index_elements=["source_key"])
         .returning(MissedMessage.id, MissedMessage.source_key)
     )
-    inserted = {key: new_id for new_id, key in (await session.execute(stmt)).all()}
+    result = await session.execute(stmt, [{**m, "state": MessageState.UNREAD} for m in messages])
+    inserted = {key: new_id for new_id, key in result.all()}
     ids = [inserted.pop(m["source_key"], None) for m in messages]
     pairs = {(m["account"], m["conversation"]) for m, i in zip(messages, ids, strict=True) if i}
     await _refresh_many(session, pairs)
