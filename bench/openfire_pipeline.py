@@ -378,11 +378,21 @@ def label_statement(statement: str) -> str:
         return "user_info (ofUser)"
     if "from ofpresence" in s:
         return "is_offline (ofPresence)"
+    if "pg_relation_size" in s:
+        return "scan: heap size"
     if "from ofoffline" in s:
+        if "case when" in s:
+            return "recent rows (ID window)"
+        if "ctid" in s:
+            return "scan: slice of blocks"
+        if "order by" in s:
+            return "scan: username bound"
+        if "ofoffline.username >" in s:
+            return "scan: username slice"
         if "ofoffline.stanza" in s:
-            return "stanzas (new rows)"
+            return "stanzas (keys without)"
         if " or " in s:
-            return "new_keys (id OR date)"
+            return "id OR date (before)"
         if "ofoffline.username in" in s:
             return "present_keys (recheck)"
         return "ofOffline other"
@@ -507,7 +517,7 @@ class Pipeline:
         sessionmaker = make_sessionmaker(engine)
         committer = GroupCommitter(sessionmaker)
         committer.start()
-        openfire_engine = make_engine(config.openfire.database_url)
+        openfire_engine = make_engine(config.openfire.database_url, pre_ping=False)  # as service.py
         queries = QueryTimer()
         queries.attach(openfire_engine)
         store_queries = QueryTimer(labeller=label_store_statement)
@@ -572,7 +582,8 @@ def explain(
         conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         conn.execute(f"PREPARE bench_generic AS {prepared}")  # type: ignore[arg-type]
         args = sql.SQL(", ").join(sql.Literal(params[n]) for n in names)
-        query = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_generic ({})").format(args)
+        execute = "EXECUTE bench_generic" + (" ({})" if names else "")
+        query = sql.SQL(f"EXPLAIN (ANALYZE, BUFFERS) {execute}").format(args)  # type: ignore[arg-type]
         rows = conn.execute(query).fetchall()
         conn.execute("DEALLOCATE bench_generic")
         return [r[0] for r in rows]

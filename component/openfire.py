@@ -15,8 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, select, tuple_
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Result,
+    String,
+    Table,
+    Text,
+    case,
+    func,
+    null,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = MetaData()
@@ -90,23 +105,84 @@ def as_openfire_date(ms: int) -> str:
     return str(max(0, ms)).zfill(15)
 
 
-async def new_keys(
-    conn: AsyncConnection, above_id: int, since_ms: int | None = None
-) -> list[tuple[str, int, int]]:
-    """Keys (no stanzas) of rows past our cursor; the caller filters keys it knows.
+KeyRow = tuple[str, int, int]  # (username, messageID, creation ms)
 
-    `messageID > above_id` reads only the primary-key index. IDs come in blocks per
-    cluster node, so a quiet node can still hand out IDs below our high-water mark:
-    `since_ms` adds the creation-date test that finds those, at the price of a full
-    scan (Openfire indexes neither column), so callers ask for it only now and then.
+
+async def recent_rows(
+    conn: AsyncConnection, above_id: int, stanzas_above: int
+) -> tuple[list[KeyRow], list[OfflineRow]]:
+    """Rows with `messageID > above_id`, in one round trip: keys of all of them, and
+    whole rows (with stanzas) for those above `stanzas_above`, the high-water mark.
+
+    The test reads the whole primary-key index (messageID is its second column;
+    Openfire indexes it nowhere else) plus the heap of the matching rows, which sit
+    mostly at the heap's end. Rows between the two bounds were usually seen in an
+    earlier poll: their stanzas are left out, the caller fetches the few it lacks.
     """
     c = of_offline.c
-    condition = c.messageID > above_id
-    if since_ms is not None:
-        condition = condition | (c.creationDate >= as_openfire_date(since_ms))
-    stmt = select(c.username, c.messageID, c.creationDate).where(condition)
-    rows = (await conn.execute(stmt)).all()
-    return [(r[0], int(r[1]), millis(r[2])) for r in rows]
+    stanza = case((c.messageID > stanzas_above, c.stanza), else_=null())
+    stmt = select(c.username, c.messageID, c.creationDate, stanza).where(c.messageID > above_id)
+    keys: list[KeyRow] = []
+    rows: list[OfflineRow] = []
+    for r in (await conn.execute(stmt)).all():
+        key = (r[0], int(r[1]), millis(r[2]))
+        keys.append(key)
+        if r[3] is not None:
+            rows.append(OfflineRow(*key, r[3]))
+    return keys, rows
+
+
+async def heap_blocks(conn: AsyncConnection) -> int:
+    """PostgreSQL: ofOffline's size in heap blocks (no privilege needed)."""
+    stmt = text(
+        "SELECT pg_relation_size(CAST('ofOffline' AS regclass)) "
+        "/ current_setting('block_size')::int"
+    )
+    return int((await conn.execute(stmt)).scalar() or 0)
+
+
+async def created_in_blocks(
+    conn: AsyncConnection, first: int, end: int | None, since_ms: int
+) -> list[KeyRow]:
+    """PostgreSQL ≥ 14: keys of rows in heap blocks [first, end) created at or after
+    `since_ms`. A TID range scan reads only those blocks; `end=None` reads to the end."""
+    c = of_offline.c
+    tid = "ctid >= CAST(:first AS tid)" + ("" if end is None else " AND ctid < CAST(:end AS tid)")
+    bounds = {"first": f"({first},0)"} | ({} if end is None else {"end": f"({end},0)"})
+    stmt = select(c.username, c.messageID, c.creationDate).where(
+        text(tid).bindparams(**bounds), c.creationDate >= as_openfire_date(since_ms)
+    )
+    return _key_rows(await conn.execute(stmt))
+
+
+async def username_after(conn: AsyncConnection, after: str, rows: int) -> str | None:
+    """The username `rows` rows past `after` in primary-key order; None past the end."""
+    c = of_offline.c
+    stmt = (
+        select(c.username)
+        .where(c.username > after)
+        .order_by(c.username)
+        .offset(max(0, rows - 1))
+        .limit(1)
+    )
+    return (await conn.execute(stmt)).scalar()
+
+
+async def created_in_users(
+    conn: AsyncConnection, after: str, upto: str | None, since_ms: int
+) -> list[KeyRow]:
+    """Keys of rows with `after < username <= upto` (a primary-key range) created at or
+    after `since_ms`; `upto=None` reads to the end."""
+    c = of_offline.c
+    where = [c.username > after, c.creationDate >= as_openfire_date(since_ms)]
+    if upto is not None:
+        where.append(c.username <= upto)
+    stmt = select(c.username, c.messageID, c.creationDate).where(*where)
+    return _key_rows(await conn.execute(stmt))
+
+
+def _key_rows(result: Result[Any]) -> list[KeyRow]:
+    return [(r[0], int(r[1]), millis(r[2])) for r in result.all()]
 
 
 async def stanzas(conn: AsyncConnection, keys: Sequence[Key]) -> list[OfflineRow]:
@@ -134,8 +210,6 @@ async def present_keys(conn: AsyncConnection, usernames: Iterable[str]) -> set[K
 
 
 async def max_message_id(conn: AsyncConnection) -> int:
-    from sqlalchemy import func
-
     value = (await conn.execute(select(func.max(of_offline.c.messageID)))).scalar()
     return int(value or 0)
 

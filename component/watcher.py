@@ -1,11 +1,14 @@
 """Openfire database watcher: offline messages and markers, read from outside.
 
 Each poll costs what changed, not the table:
-1. keys (no stanzas) of rows past the cursor — message ID above the high-water mark
-   *or* created within the overlap window — minus keys already handled;
-2. stanzas for the new keys only;
-3. for accounts with pending notifications only, which of their rows still exist
-   (a primary-key prefix lookup): rows that vanished were delivered.
+1. in one query, keys of the rows in the message-ID window (IDs above the high-water
+   mark minus `ID_WINDOW`: a transaction that took an ID earlier may commit later) and
+   whole rows for those above the mark, the new ones;
+2. one slice of the rotating scan (component/offline_scan.py): rows created recently
+   but far below the mark, from lagging cluster ID blocks or very late commits;
+3. stanzas for keys in the window or the slice that are new to us, usually none;
+4. for a few accounts with pending notifications, taking turns, which of their rows
+   still exist (a primary-key prefix lookup): rows that vanished were delivered.
 The cursor commits together with what the poll produced, so a crash repeats at most
 the last poll, which the dedup keys absorb. First start begins at "now": messages
 stored before ofnotify existed are not announced.
@@ -21,11 +24,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+)
 
 from . import metrics, openfire
 from .config import OpenfireConfig
 from .ingest import Ingest, SeenMessage, WatcherBatch
+from .offline_scan import RotatingScan
 from .stanzas import StanzaError, parse_message
 from .store import MessageState, MissedMessage, OutboxItem, OutboxStatus, WatcherState
 
@@ -34,14 +43,12 @@ log = logging.getLogger(__name__)
 # Rows written by a node whose clock lags, or committed late, land behind the cursor.
 OVERLAP_MS = 10_000
 # IDs just below the high-water mark are re-read each poll (a transaction that took an
-# ID earlier may commit later); the full scan for far-behind cluster blocks runs only
-# every FULL_SCAN_EVERY polls.
+# ID earlier may commit later); rows further below are the rotating scan's.
 ID_WINDOW = 1_000
-FULL_SCAN_EVERY = 10
-# Accounts whose pending notifications are re-checked for deliveries in one poll, and
-# how often; the send-time check covers the rest, this only makes cancellations prompt.
-RECHECK_PER_POLL = 100
-RECHECK_EVERY = 5
+# Accounts whose pending notifications are re-checked for deliveries in one poll; the
+# send-time check covers the rest, this only makes cancellations prompt. A few every
+# poll rather than many every few polls keeps each poll's cost even.
+RECHECK_PER_POLL = 20
 MAX_KNOWN_KEYS = 200_000
 NOTIFIABLE_TYPES = {"chat", "normal"}
 
@@ -75,7 +82,7 @@ class Watcher:
         # Keys handled in the overlap window; bounded, oldest forgotten first.
         self._known: OrderedDict[openfire.Key, int] = OrderedDict()
         self._bad_keys: set[openfire.Key] = set()
-        self._polls = 0
+        self._scan: RotatingScan | None = None  # needs the stored cursor
         self._recheck_after = ""  # rotating position among accounts to re-check
         self.last_poll: PollStats = PollStats()
         self.last_success: float | None = None
@@ -106,29 +113,35 @@ class Watcher:
             self._high_id, self._cursor_ms = state.high_message_id, state.cursor_ms
             log.info("watcher resumes after message id %d", self._high_id)
         else:
+            self._cursor_ms = int(time.time() * 1000)
             async with self._engine.connect() as conn:
                 self._high_id = await openfire.max_message_id(conn)
-            self._cursor_ms = int(time.time() * 1000)
+                await self._know_existing(conn)
             await self._ingest.watcher(WatcherBatch(position=(self._high_id, self._cursor_ms)))
             log.info(
                 "watcher starts fresh at message id %d; older rows are not announced", self._high_id
             )
         self._started = True
 
+    async def _know_existing(self, conn: AsyncConnection) -> None:
+        """First start: every row there now is old news, also those that the ID window
+        and the rotating scan would read again. Reading the recent ones costs one scan
+        of the table, once per installation."""
+        keys, _ = await openfire.recent_rows(conn, self._high_id - ID_WINDOW, self._high_id)
+        keys += await openfire.created_in_users(conn, "", None, self._cursor_ms - 2 * OVERLAP_MS)
+        for username, message_id, created in keys:
+            self._known[(username, message_id)] = created
+
     async def poll(self) -> PollStats:
         if not self._started:
             await self._load_position()
+        if self._scan is None:
+            self._scan = RotatingScan(self._cursor_ms, OVERLAP_MS)
         stats = PollStats()
-        self._polls += 1
-        full_scan = self._polls % FULL_SCAN_EVERY == 1
-        since = self._cursor_ms - OVERLAP_MS if full_scan else None
-        recheck = self._polls % RECHECK_EVERY == 1
-        watched = await self._accounts_to_recheck() if recheck else []  # our own store
+        watched = await self._accounts_to_recheck()  # our own store
         db_started = time.monotonic()
         async with self._engine.connect() as conn:
-            keys = await openfire.new_keys(conn, self._high_id - ID_WINDOW, since)
-            fresh = [(u, m) for u, m, _ in keys if (u, m) not in self._known]
-            rows = await openfire.stanzas(conn, fresh) if fresh else []
+            keys, rows = await self._read(conn, self._scan)
             present = await openfire.present_keys(conn, watched) if watched else set()
         stats.db_seconds = time.monotonic() - db_started
 
@@ -139,13 +152,14 @@ class Watcher:
             batch.delivered = await self._vanished(watched, present)
         high = max([self._high_id, *(m for _, m, _ in keys)])
         cursor = max([self._cursor_ms, *(c for _, _, c in keys)])
-        if fresh or batch or (high, cursor) != (self._high_id, self._cursor_ms):
+        if rows or batch or (high, cursor) != (self._high_id, self._cursor_ms):
             batch.position = (high, cursor)
             await self._ingest.watcher(batch)
         # Only now is it durable: remember keys and advance.
         for username, message_id, created in keys:
             self._known[(username, message_id)] = created
         self._high_id, self._cursor_ms = high, cursor
+        self._scan.advance()
         self._forget_old()
         stats.new_rows = len(rows)
         if rows:
@@ -159,6 +173,19 @@ class Watcher:
         if rows:
             metrics.WATCHER_LAG.set(stats.lag_seconds)
         return stats
+
+    async def _read(
+        self, conn: AsyncConnection, scan: RotatingScan
+    ) -> tuple[list[openfire.KeyRow], list[openfire.OfflineRow]]:
+        """Keys seen this poll, and whole rows for those new to us."""
+        keys, rows = await openfire.recent_rows(conn, self._high_id - ID_WINDOW, self._high_id)
+        keys += await scan.read(conn, self._cursor_ms)
+        # Keys new to us that came without a stanza: late commits inside the ID window,
+        # rows the rotating scan found, the whole window after a restart. Usually none.
+        wanted = {(u, m) for u, m, _ in keys} - {r.key for r in rows} - self._known.keys()
+        if wanted:
+            rows += await openfire.stanzas(conn, sorted(wanted))
+        return keys, [r for r in rows if r.key not in self._known]
 
     def _handle_row(self, row: openfire.OfflineRow, batch: WatcherBatch) -> None:
         account = f"{row.username}@{self._config.domain}"
@@ -219,9 +246,11 @@ class Watcher:
         return gone
 
     def _forget_old(self) -> None:
-        """Forget keys no query can return again: older than the date overlap and
-        below the ID window."""
+        """Forget keys no query can return again: created before the rotating scan's
+        floor and the date overlap, and below the ID window."""
         horizon = self._cursor_ms - 2 * OVERLAP_MS
+        if self._scan is not None:
+            horizon = min(horizon, self._scan.floor_ms)
         lowest_id = self._high_id - ID_WINDOW
         while self._known:
             (_, message_id), created = next(iter(self._known.items()))

@@ -152,8 +152,10 @@ async def test_the_watcher_reads_what_it_needs_as_ofnotify_ro(initialised: Clust
     try:
         async with engine.connect() as conn:
             high = await openfire.max_message_id(conn)
-            keys = await openfire.new_keys(conn, 0, 0)
-            rows = await openfire.stanzas(conn, [(u, m) for u, m, _ in keys])
+            keys, rows = await openfire.recent_rows(conn, 0, 0)
+            late = await openfire.stanzas(conn, [(u, m) for u, m, _ in keys])
+            blocks = await openfire.heap_blocks(conn)
+            scanned = await openfire.created_in_blocks(conn, 0, None, 0)
             present = await openfire.present_keys(conn, ["jenny"])
             info = await openfire.user_info(conn, "jenny")
             offline = await openfire.is_offline(conn, "jenny")
@@ -161,6 +163,8 @@ async def test_the_watcher_reads_what_it_needs_as_ofnotify_ro(initialised: Clust
         await engine.dispose()
     assert high == 1
     assert [(r.username, r.message_id) for r in rows] == [("jenny", 1)]
+    assert late == rows
+    assert blocks >= 1 and [(u, m) for u, m, _ in scanned] == [("jenny", 1)]
     assert "<body>Hi</body>" in rows[0].stanza
     assert present == {("jenny", 1)}
     assert info == openfire.UserInfo("Jenny", "jenny@example.test")
