@@ -121,18 +121,20 @@ async def claim_due(
         # Several ofnotify processes on one PostgreSQL never claim the same row;
         # SQLite ignores this and serialises writers anyway.
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    ids = list((await session.execute(due)).scalars())
-    if not ids:
-        return []
-    until = now + dt.timedelta(seconds=lease)
-    await session.execute(
-        update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=until)
+    # One statement: lease the due rows and read them back (UPDATE … RETURNING works
+    # on SQLite ≥ 3.35 and PostgreSQL).
+    stmt = (
+        update(OutboxItem)
+        .where(OutboxItem.id.in_(due))
+        .values(lease_until=now + dt.timedelta(seconds=lease))
+        .returning(OutboxItem)
+        .execution_options(synchronize_session=False)
     )
-    result = await session.execute(
-        select(OutboxItem).where(OutboxItem.id.in_(ids)).order_by(OutboxItem.due_at)
-    )
-    return list(result.scalars())
+    rows = list((await session.execute(stmt)).scalars())
+    rows.sort(key=lambda row: (row.due_at, row.id))  # RETURNING keeps no order
+    return rows
 
 
 async def renew_leases(session: AsyncSession, ids: Collection[int], lease: float) -> None:
