@@ -43,6 +43,12 @@ batch_sizes: Counter[int] = Counter()
 # function. Missing names are skipped, so the list survives refactoring.
 TIMED = (
     ("component.appserver", "AppServer", "_publish", "AppServer._publish: publish IQ → reply sent"),
+    (
+        "component.appserver",
+        "AppServer",
+        "_fast_publish",
+        "AppServer._fast_publish: publish element → reply queued",
+    ),
     ("component.ingest", "Ingest", "publish", "Ingest.publish: policy + committer.run"),
     (
         "component.committer",
@@ -163,6 +169,7 @@ def install() -> None:
     for module_name, class_name, method, label in TIMED:
         _time(module_name, class_name, method, label)
     _watch_loop_lag()
+    _watch_gc()
 
     threading.Thread(target=_watch_threads, name="bench-thread-watch", daemon=True).start()
     signal.signal(signal.SIGUSR1, _on_usr1)
@@ -234,6 +241,24 @@ def _watch_loop_lag() -> None:
             task.cancel()
 
     Service.run = run  # type: ignore[method-assign]
+
+
+def _watch_gc() -> None:
+    """Time every cyclic garbage collection (the pipeline allocates a lot)."""
+    import gc
+
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            _add(
+                f"garbage collection, generation {info['generation']}",
+                time.perf_counter() - started.pop(),
+            )
+
+    gc.callbacks.append(callback)
 
 
 def _watch_threads() -> None:
