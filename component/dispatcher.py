@@ -174,8 +174,11 @@ class Dispatcher:
                 log.warning("could not renew leases of rows in flight", exc_info=True)
 
     async def _sleep_until_due(self) -> None:
-        # Cleared before looking: a row committed while we look still wakes us.
-        self._wakeup.clear()
+        if self._wakeup.is_set():
+            # Rows were queued while we claimed: claim again, no need to ask when.
+            self._wakeup.clear()
+            return
+        # Not cleared after looking: a row committed while we look still wakes us.
         timeout = self._idle_poll
         try:
             async with self._sessionmaker() as session:

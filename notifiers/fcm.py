@@ -11,6 +11,7 @@ blocks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -217,6 +218,7 @@ class FcmNotifier(Notifier):
 
     def _send_blocking(self, notification: Notification) -> SendResult:
         self._client.last_answer.value = None
+        collapse = collapse_key(notification)
         try:
             self._client.notify(
                 fcm_token=notification.target,
@@ -224,13 +226,10 @@ class FcmNotifier(Notifier):
                 android_config={
                     "priority": "high",
                     # One notification per conversation on the device, newest wins.
-                    "collapse_key": collapse_key(notification),
+                    "collapse_key": collapse,
                 },
                 apns_config={
-                    "headers": {
-                        "apns-priority": "10",
-                        "apns-collapse-id": collapse_key(notification),
-                    },
+                    "headers": {"apns-priority": "10", "apns-collapse-id": collapse},
                 },
                 timeout=self._timeout,
             )
@@ -244,13 +243,14 @@ class FcmNotifier(Notifier):
     async def send(self, notification: Notification) -> SendResult:
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self._pool, self._send_blocking, notification)
-        log.debug(
-            "fcm outbox=%s token=%s → %s %s",
-            notification.outbox_id,
-            shorten(notification.target),
-            result.outcome,
-            result.reason,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "fcm outbox=%s token=%s → %s %s",
+                notification.outbox_id,
+                shorten(notification.target),
+                result.outcome,
+                result.reason,
+            )
         return result
 
     async def close(self) -> None:
@@ -260,6 +260,4 @@ class FcmNotifier(Notifier):
 
 def collapse_key(notification: Notification) -> str:
     # Collapse keys are visible to Google and the device OS: hash the conversation.
-    import hashlib
-
     return "c" + hashlib.sha256(notification.conversation.encode()).hexdigest()[:16]
