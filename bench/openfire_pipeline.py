@@ -393,8 +393,10 @@ def label_statement(statement: str) -> str:
             return "stanzas (keys without)"
         if " or " in s:
             return "id OR date (before)"
+        if "ofoffline.messageid in" in s:
+            return "still_stored (recheck)"
         if "ofoffline.username in" in s:
-            return "present_keys (recheck)"
+            return "present_keys (send time)"
         return "ofOffline other"
     return "other"
 

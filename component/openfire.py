@@ -13,7 +13,7 @@ What is read (see ../shared/FACTS.md for how Openfire writes it):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,17 @@ async def present_keys(conn: AsyncConnection, usernames: Iterable[str]) -> set[K
         stmt = select(c.username, c.messageID).where(c.username.in_(names[start : start + 500]))
         found.update((r[0], int(r[1])) for r in (await conn.execute(stmt)).all())
     return found
+
+
+async def still_stored(conn: AsyncConnection, keys: Collection[Key]) -> set[Key]:
+    """Which of these rows still exist: the users' primary-key prefixes, narrowed to
+    the message IDs asked about, so only those rows come back."""
+    names = sorted({u for u, _ in keys})
+    ids = sorted({m for _, m in keys})
+    c = of_offline.c
+    stmt = select(c.username, c.messageID).where(c.username.in_(names), c.messageID.in_(ids))
+    found = {(r[0], int(r[1])) for r in (await conn.execute(stmt)).all()}
+    return found & set(keys)
 
 
 async def max_message_id(conn: AsyncConnection) -> int:

@@ -8,8 +8,9 @@ Each poll costs what changed, not the table:
    but far below the mark, from lagging cluster ID blocks or very late commits;
 3. stanzas for keys in the window or the slice that are new to us, usually none;
 4. for a few accounts with pending notifications, taking turns, which of their rows
-   still exist (a primary-key prefix lookup): rows that vanished were delivered.
-The cursor commits together with what the poll produced, so a crash repeats at most
+   still exist (a primary-key prefix lookup): rows that vanished were delivered. This
+   is recorded after the poll's new messages, which thus never wait for it.
+The cursor commits together with the poll's new messages, so a crash repeats at most
 the last poll, which the dedup keys absorb. First start begins at "now": messages
 stored before ofnotify existed are not announced.
 """
@@ -57,6 +58,15 @@ def source_key(username: str, message_id: int) -> str:
     return f"of:{username}:{message_id}"
 
 
+def parse_source_key(key: str) -> openfire.Key | None:
+    """The ofOffline row behind a watcher's source key; None for other sources."""
+    prefix, _, rest = key.partition(":")
+    username, _, message_id = rest.rpartition(":")
+    if prefix != "of" or not username or not message_id.isdigit():
+        return None
+    return (username, int(message_id))
+
+
 @dataclass
 class PollStats:
     new_rows: int = 0
@@ -84,6 +94,8 @@ class Watcher:
         self._bad_keys: set[openfire.Key] = set()
         self._scan: RotatingScan | None = None  # needs the stored cursor
         self._recheck_after = ""  # rotating position among accounts to re-check
+        # Rows of unread messages to re-check in the next poll (→ account, source key).
+        self._watched: dict[openfire.Key, tuple[str, str]] = {}
         self.last_poll: PollStats = PollStats()
         self.last_success: float | None = None
         self.caught_up = asyncio.Event()  # set after the first successful poll
@@ -138,54 +150,61 @@ class Watcher:
         if self._scan is None:
             self._scan = RotatingScan(self._cursor_ms, OVERLAP_MS)
         stats = PollStats()
-        watched = await self._accounts_to_recheck()  # our own store
+        watched = self._watched
         db_started = time.monotonic()
         async with self._engine.connect() as conn:
-            keys, rows = await self._read(conn, self._scan)
-            present = await openfire.present_keys(conn, watched) if watched else set()
+            fresh, rows = await self._read(conn, self._scan)
+            present = await openfire.still_stored(conn, watched.keys()) if watched else set()
         stats.db_seconds = time.monotonic() - db_started
 
         batch = WatcherBatch()
         for row in sorted(rows, key=lambda r: r.message_id):
             self._handle_row(row, batch)
-        if watched:
-            batch.delivered = await self._vanished(watched, present)
-        high = max([self._high_id, *(m for _, m, _ in keys)])
-        cursor = max([self._cursor_ms, *(c for _, _, c in keys)])
+        # Keys we knew were counted when they were new: only fresh ones can move these.
+        high = max([self._high_id, *(m for _, m in fresh)])
+        cursor = max([self._cursor_ms, *fresh.values()])
         if rows or batch or (high, cursor) != (self._high_id, self._cursor_ms):
             batch.position = (high, cursor)
             await self._ingest.watcher(batch)
         # Only now is it durable: remember keys and advance.
-        for username, message_id, created in keys:
-            self._known[(username, message_id)] = created
+        self._known.update(fresh)
         self._high_id, self._cursor_ms = high, cursor
         self._scan.advance()
         self._forget_old()
+        self._report(stats, rows)
+        # Deliveries and the next accounts to re-check come after the new messages are
+        # committed: both read ofnotify's store, and new messages should not wait.
+        if delivered := self._vanished(watched, present):
+            await self._ingest.watcher(WatcherBatch(delivered=delivered))
+        self._watched = await self._unread_to_recheck()
+        return stats
+
+    async def _read(
+        self, conn: AsyncConnection, scan: RotatingScan
+    ) -> tuple[dict[openfire.Key, int], list[openfire.OfflineRow]]:
+        """Keys new to us (→ creation ms) seen this poll, and their whole rows."""
+        keys, rows = await openfire.recent_rows(conn, self._high_id - ID_WINDOW, self._high_id)
+        keys += await scan.read(conn, self._cursor_ms)
+        known = self._known
+        fresh = {(u, m): created for u, m, created in keys if (u, m) not in known}
+        # New keys that came without a stanza: late commits inside the ID window, rows
+        # the rotating scan found, the whole window after a restart. Usually none.
+        missing = fresh.keys() - {r.key for r in rows}
+        if missing:
+            rows += await openfire.stanzas(conn, sorted(missing))
+        return fresh, [r for r in rows if r.key in fresh]
+
+    def _report(self, stats: PollStats, rows: list[openfire.OfflineRow]) -> None:
         stats.new_rows = len(rows)
         if rows:
             newest = max(r.creation_ms for r in rows)
             stats.lag_seconds = max(0.0, time.time() - newest / 1000)
+            metrics.WATCHER_LAG.set(stats.lag_seconds)
         self.last_poll = stats
         self.last_success = time.time()
         self.caught_up.set()
         metrics.WATCHER_POLL_DB.observe(stats.db_seconds)
         metrics.WATCHER_LAST_SUCCESS.set(self.last_success)
-        if rows:
-            metrics.WATCHER_LAG.set(stats.lag_seconds)
-        return stats
-
-    async def _read(
-        self, conn: AsyncConnection, scan: RotatingScan
-    ) -> tuple[list[openfire.KeyRow], list[openfire.OfflineRow]]:
-        """Keys seen this poll, and whole rows for those new to us."""
-        keys, rows = await openfire.recent_rows(conn, self._high_id - ID_WINDOW, self._high_id)
-        keys += await scan.read(conn, self._cursor_ms)
-        # Keys new to us that came without a stanza: late commits inside the ID window,
-        # rows the rotating scan found, the whole window after a restart. Usually none.
-        wanted = {(u, m) for u, m, _ in keys} - {r.key for r in rows} - self._known.keys()
-        if wanted:
-            rows += await openfire.stanzas(conn, sorted(wanted))
-        return keys, [r for r in rows if r.key not in self._known]
 
     def _handle_row(self, row: openfire.OfflineRow, batch: WatcherBatch) -> None:
         account = f"{row.username}@{self._config.domain}"
@@ -209,10 +228,10 @@ class Watcher:
             SeenMessage(account, source_key(row.username, row.message_id), parsed, stored_at)
         )
 
-    async def _accounts_to_recheck(self) -> list[str]:
-        """Usernames whose pending notifications a delivery would cancel, a bounded
-        number per poll, taking turns."""
-        suffix = f"@{self._config.domain}"
+    async def _unread_to_recheck(self) -> dict[openfire.Key, tuple[str, str]]:
+        """Rows behind unread messages of accounts whose pending notifications a
+        delivery would cancel (→ account, source key); a bounded number of accounts
+        per poll, taking turns."""
         async with self._sessionmaker() as session:
             stmt = (
                 select(OutboxItem.account)
@@ -226,23 +245,21 @@ class Watcher:
                 .limit(RECHECK_PER_POLL)
             )
             accounts = list((await session.execute(stmt)).scalars())
-        self._recheck_after = accounts[-1] if len(accounts) == RECHECK_PER_POLL else ""
-        return [a[: -len(suffix)] for a in accounts if a.endswith(suffix)]
-
-    async def _vanished(
-        self, usernames: list[str], present: set[openfire.Key]
-    ) -> dict[str, list[str]]:
-        present_keys = {source_key(u, m) for u, m in present}
-        accounts = [f"{u}@{self._config.domain}" for u in usernames]
-        async with self._sessionmaker() as session:
-            stmt = select(MissedMessage.account, MissedMessage.source_key).where(
+            self._recheck_after = accounts[-1] if len(accounts) == RECHECK_PER_POLL else ""
+            unread = select(MissedMessage.account, MissedMessage.source_key).where(
                 MissedMessage.account.in_(accounts), MissedMessage.state == MessageState.UNREAD
             )
-            unread = (await session.execute(stmt)).all()
+            rows = (await session.execute(unread)).all() if accounts else []
+        return {key: (account, skey) for account, skey in rows if (key := parse_source_key(skey))}
+
+    @staticmethod
+    def _vanished(
+        watched: dict[openfire.Key, tuple[str, str]], present: set[openfire.Key]
+    ) -> dict[str, list[str]]:
         gone: dict[str, list[str]] = {}
-        for account, key in unread:
-            if key.startswith("of:") and key not in present_keys:
-                gone.setdefault(account, []).append(key)
+        for key, (account, skey) in watched.items():
+            if key not in present:
+                gone.setdefault(account, []).append(skey)
         return gone
 
     def _forget_old(self) -> None:

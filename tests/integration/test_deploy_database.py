@@ -157,6 +157,7 @@ async def test_the_watcher_reads_what_it_needs_as_ofnotify_ro(initialised: Clust
             blocks = await openfire.heap_blocks(conn)
             scanned = await openfire.created_in_blocks(conn, 0, None, 0)
             present = await openfire.present_keys(conn, ["jenny"])
+            stored = await openfire.still_stored(conn, [("jenny", 1), ("jenny", 2)])
             info = await openfire.user_info(conn, "jenny")
             offline = await openfire.is_offline(conn, "jenny")
     finally:
@@ -166,7 +167,7 @@ async def test_the_watcher_reads_what_it_needs_as_ofnotify_ro(initialised: Clust
     assert late == rows
     assert blocks >= 1 and [(u, m) for u, m, _ in scanned] == [("jenny", 1)]
     assert "<body>Hi</body>" in rows[0].stanza
-    assert present == {("jenny", 1)}
+    assert present == stored == {("jenny", 1)}
     assert info == openfire.UserInfo("Jenny", "jenny@example.test")
     assert offline is True
 

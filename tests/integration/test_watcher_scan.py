@@ -20,7 +20,7 @@ from component.config import OpenfireConfig
 from component.ingest import WatcherBatch
 from component.offline_scan import HeapBlocks, RotatingScan, UsernameRanges
 from component.store import create_schema, make_engine, make_sessionmaker
-from component.watcher import ID_WINDOW, OVERLAP_MS, Watcher
+from component.watcher import ID_WINDOW, OVERLAP_MS, Watcher, parse_source_key, source_key
 from tests.support.openfire_db import OpenfireDb, chat_stanza, of_date
 
 pytestmark = pytest.mark.integration
@@ -254,3 +254,10 @@ async def test_the_watcher_finds_a_row_far_below_the_window_within_a_scan_cycle(
         if ingest.seen():
             break
     assert ingest.seen() == [f"of:michael:{50_000 - 10 * ID_WINDOW}"]
+
+
+def test_source_keys_name_their_rows() -> None:
+    assert parse_source_key(source_key("jenny", 42)) == ("jenny", 42)
+    assert parse_source_key(source_key("a:b", 7)) == ("a:b", 7)
+    assert parse_source_key("xep0357:abc") is None
+    assert parse_source_key("of:jenny:") is None
