@@ -70,12 +70,45 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_ids: set[int] = set()
         self._stopping = False
+        self._accepting = False  # rows handed over directly (take); not before catch-up
+        self._starting: set[asyncio.Task[None]] = set()
+        self._taken: list[OutboxItem] = []  # handed over, not yet started
         self._loop_done = asyncio.Event()
         self._stop_requested = asyncio.Event()
+
+    @property
+    def lease(self) -> float:
+        return self._config.lease
 
     def wake(self) -> None:
         """Something became due now (a new row, a cancelled lease)."""
         self._wakeup.set()
+
+    def can_take(self, count: int) -> bool:
+        """Whether `count` rows due now may be leased to this dispatcher as they are
+        inserted (Ingest), skipping the claim: one group commit less between a publish
+        and its push."""
+        return self._accepting and len(self._in_flight_ids) + count <= self._config.batch_size
+
+    def take(self, rows: Sequence[OutboxItem]) -> None:
+        """Deliver rows that were leased to us when they were inserted."""
+        if not rows:
+            return
+        if not self._accepting:  # stopping since the caller asked: the lease expires
+            self.wake()
+            return
+        self._in_flight_ids.update(row.id for row in rows)
+        self._taken.extend(rows)
+        if len(self._taken) == len(rows):
+            # One start for everything taken in this turn of the loop: a commit batch
+            # wakes all its publishers at once, and they should share one compose.
+            task = asyncio.create_task(self._start_taken(), name="deliver-taken")
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start_taken(self) -> None:
+        rows, self._taken = self._taken, []
+        await self._start(rows)
 
     async def run(self, wait_for: asyncio.Event | None = None) -> None:
         """`wait_for`: hold the first send until a source caught up (bounded)."""
@@ -92,9 +125,11 @@ class Dispatcher:
             if not done:
                 log.warning("sources did not catch up in %.0fs; sending anyway", CATCH_UP_WAIT)
         renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
+        self._accepting = not self._stopping
         try:
             await self._loop()
         finally:
+            self._accepting = False
             self._loop_done.set()
             renewer.cancel()
 
@@ -114,25 +149,32 @@ class Dispatcher:
                 await self._release([row.id for row in rows])
                 self._in_flight_ids.difference_update(row.id for row in rows)
                 return
-            composed = await self._compose(rows)
-            for row in rows:
-                await self._capacity.acquire()
-                task = asyncio.create_task(
-                    self._deliver(row, composed[row.id]), name=f"deliver-{row.id}"
-                )
-                self._in_flight.add(task)
-                task.add_done_callback(self._finished)
+            await self._start(rows)
             if len(rows) < free or not free:
                 await self._sleep_until_due()
+
+    async def _start(self, rows: list[OutboxItem]) -> None:
+        """Compose the rows together, then send each as a slot frees up."""
+        composed = await self._compose(rows)
+        for row in rows:
+            await self._capacity.acquire()
+            task = asyncio.create_task(
+                self._deliver(row, composed[row.id]), name=f"deliver-{row.id}"
+            )
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Let in-flight sends finish; rows still unsent return to the queue."""
         self._stopping = True
+        self._accepting = False
         self._stop_requested.set()
         self._wakeup.set()
         # No new sends may start once we look at what is in flight.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loop_done.wait(), timeout=grace)
+        if self._starting:
+            await asyncio.wait(set(self._starting), timeout=grace)
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
             for task in pending:
@@ -142,7 +184,8 @@ class Dispatcher:
                 await self._release([int(t.get_name().split("-")[1]) for t in pending])
 
     def _free_slots(self) -> int:
-        return self._config.batch_size - len(self._in_flight)
+        # Rows being composed or waiting for a slot count too (claimed or taken).
+        return max(0, self._config.batch_size - len(self._in_flight_ids))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

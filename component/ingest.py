@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,6 +55,17 @@ class WatcherBatch:
         return bool(self.messages or self.markers or self.delivered or self.position)
 
 
+class DirectDelivery(Protocol):
+    """A dispatcher that takes rows due now as they are inserted, leased to it."""
+
+    @property
+    def lease(self) -> float: ...
+
+    def can_take(self, count: int) -> bool: ...
+
+    def take(self, rows: Sequence[OutboxItem]) -> None: ...
+
+
 class Ingest:
     def __init__(
         self,
@@ -63,12 +75,14 @@ class Ingest:
         *,
         include_body: bool,
         buckets: TokenBuckets | None = None,
+        direct: DirectDelivery | None = None,
     ) -> None:
         self._committer = committer
         self._policy = policy
         self._on_enqueued = on_enqueued
         self._include_body = include_body
         self._buckets = buckets
+        self._direct = direct
 
     def _limit(self, rows: Sequence[OutboxItem]) -> None:
         """Over the account's push rate, a push waits for the next slot and all pushes
@@ -86,10 +100,28 @@ class Ingest:
     async def publish(self, event: OfflineMessage, registration_channel: str) -> list[int]:
         rows, skips = self._policy.decide(event, registration_channel)
         self._limit(rows)
+        leased = self._lease_to_dispatcher(rows)
         ids = await self._committer.add(outbox.ENQUEUE, (rows, skips))
-        if ids:
+        taken = [row for row in leased if row.id is not None]  # not a duplicate
+        if self._direct is not None and taken:
+            self._direct.take(taken)
+        if len(ids) > len(taken):
             self._on_enqueued()
         return ids
+
+    def _lease_to_dispatcher(self, rows: Sequence[OutboxItem]) -> list[OutboxItem]:
+        """Rows due now go to the dispatcher with the insert, already leased: a crash
+        loses nothing (the lease expires and the row is claimed like any other)."""
+        if self._direct is None:
+            return []
+        now = utcnow()
+        due = [row for row in rows if row.due_at <= now]
+        if not due or not self._direct.can_take(len(due)):
+            return []
+        until = now + dt.timedelta(seconds=self._direct.lease)
+        for row in due:
+            row.lease_until = until
+        return due
 
     async def marker(self, reader: str, stanza_id: str) -> None:
         await self._committer.run(

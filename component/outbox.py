@@ -39,6 +39,7 @@ def _values(row: OutboxItem, now: dt.datetime) -> dict[str, Any]:
         "status": OutboxStatus.PENDING,
         "created_at": now,
         "attempts": 0,
+        "lease_until": row.lease_until,  # set when handed to the dispatcher directly
     }
 
 
@@ -90,6 +91,9 @@ async def enqueue_ids_in_order(
         row_id = inserted.pop(row.dedup_key, None)
         if row_id is not None:
             metrics.DECIDED.labels(row.channel, row.source or "xep0357").inc()
+            # The object now reads like the stored row (the dispatcher may take it as is).
+            row.id, row.created_at, row.attempts = row_id, now, 0
+            row.status, row.last_error, row.failing_since = OutboxStatus.PENDING, None, None
         out.append(row_id)
     return out
 

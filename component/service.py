@@ -153,6 +153,7 @@ class Service:
             dispatcher.wake,
             include_body=config.privacy.include_body,
             buckets=TokenBuckets(config.limits.pushes_per_second, config.limits.push_burst),
+            direct=dispatcher,
         )
         xmpp = Component(config.xmpp)
         self.connection = connection = ComponentConnection(

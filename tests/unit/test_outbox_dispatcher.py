@@ -18,6 +18,9 @@ from component.committer import GroupCommitter
 from component.compose import Composer
 from component.config import Config, DeliveryConfig, parse_config
 from component.dispatcher import Dispatcher, backoff
+from component.events import OfflineMessage
+from component.ingest import Ingest
+from component.policy import Policy
 from component.store import (
     DeliveryLogEntry,
     OutboxItem,
@@ -259,3 +262,104 @@ async def test_registration_is_stable_and_limited(db: async_sessionmaker[AsyncSe
     async with db() as s, s.begin():
         assert await registrations.unregister(s, account="other@x", device_id="d", muc=None) == []
         assert await registrations.unregister(s, account="a@x", device_id="d", muc=None) == [node]
+
+
+async def test_rows_due_now_are_leased_at_insert_and_sent_without_a_claim(
+    db: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Ingest hands rows due now to the dispatcher with the insert (leased to it), and
+    leaves later or surplus rows to the claim loop."""
+    reg = await add_registration(db)
+    config = config_for(tmp_path)
+    committer = GroupCommitter(db)
+    committer.start()
+    notifier = ScriptedNotifier([])
+    # A long idle poll: only a hand-over (or a wake-up) can make this fast.
+    dispatcher = Dispatcher(
+        db,
+        committer,
+        {"phone": notifier},
+        DeliveryConfig(batch_size=2),
+        Composer(config),
+        idle_poll=3600,
+    )
+    claims: list[int] = []
+    original_claim = dispatcher._claim
+
+    async def counting_claim(limit: int) -> list[OutboxItem]:
+        rows = await original_claim(limit)
+        claims.extend(row.id for row in rows)
+        return rows
+
+    dispatcher._claim = counting_claim  # type: ignore[method-assign]
+    ingest = Ingest(
+        committer, Policy(config), dispatcher.wake, include_body=False, direct=dispatcher
+    )
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0.1)  # the loop's first claim found nothing and sleeps
+        event = OfflineMessage(
+            account="alice@example.test",
+            dedup_key="push:1:a",
+            sender="bob@example.test",
+            registration_id=reg,
+            source="xep0357",
+        )
+        [row_id] = await ingest.publish(event, "phone")
+        async with db() as s:
+            stored = await s.get(OutboxItem, row_id)
+            assert stored is not None and stored.lease_until is not None  # leased at insert
+        for _ in range(100):
+            if notifier.sent:
+                break
+            await asyncio.sleep(0.02)
+        assert [n.outbox_id for n in notifier.sent] == [row_id]
+        assert claims == []  # never claimed: handed over
+        for _ in range(100):
+            async with db() as s:
+                stored = await s.get(OutboxItem, row_id)
+            if stored is not None and stored.status == "delivered":
+                break
+            await asyncio.sleep(0.02)
+        assert stored is not None and stored.status == "delivered"
+        assert stored.lease_until is None
+    finally:
+        await dispatcher.stop(1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await committer.stop()
+
+
+async def test_no_hand_over_when_the_dispatcher_is_full_or_not_running(
+    db: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    reg = await add_registration(db)
+    config = config_for(tmp_path)
+    committer = GroupCommitter(db)
+    committer.start()
+    dispatcher = Dispatcher(
+        db, committer, {"phone": ScriptedNotifier([])}, DeliveryConfig(), Composer(config)
+    )
+    woken: list[bool] = []
+    ingest = Ingest(
+        committer,
+        Policy(config),
+        lambda: woken.append(True),
+        include_body=False,
+        direct=dispatcher,
+    )
+    try:
+        # Not running yet (e.g. waiting for the watcher to catch up): nothing is leased.
+        event = OfflineMessage(
+            account="alice@example.test",
+            dedup_key="push:1:b",
+            registration_id=reg,
+            source="xep0357",
+        )
+        [row_id] = await ingest.publish(event, "phone")
+        async with db() as s:
+            stored = await s.get(OutboxItem, row_id)
+        assert stored is not None and stored.lease_until is None
+        assert woken == [True]  # the claim loop will pick it up
+    finally:
+        await committer.stop()
