@@ -73,6 +73,7 @@ class AppServer:
         self._run_id = uuid.uuid4().hex[:12]
         self._sequence = itertools.count(1)
         self._fast_tasks: set[asyncio.Task[None]] = set()
+        self._replies: list[str] = []  # fast-path answers not yet written
         xmpp.add_raw_handler(self._take_publish)
         xmpp.register_handler(
             CoroutineCallback(
@@ -328,8 +329,15 @@ class AppServer:
         iq_id = quoteattr(xml.get("id") or "")
         kind = "'error'" if error else "'result'"
         body = f">{error}</iq>" if error else "/>"
-        # Through slixmpp's send queue, in order with everything else it sends.
-        self.xmpp.send(f"<iq type={kind} id={iq_id} to={to} from={frm}{body}")
+        self._replies.append(f"<iq type={kind} id={iq_id} to={to} from={frm}{body}")
+        if len(self._replies) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        # A commit batch answers all its publishes in the same turn of the loop: one
+        # write (one system call) for all of them, through slixmpp's send queue.
+        replies, self._replies = self._replies, []
+        self.xmpp.send("".join(replies))
 
     async def on_message(self, msg: Any) -> None:
         """A client may tell us directly what it displayed (XEP-0333)."""

@@ -216,11 +216,12 @@ class ComponentHarness:
 
     def _record(self, data: StanzaBase | str, use_filters: bool = True) -> None:
         if isinstance(data, str):
-            # The publish fast path answers with serialized XML: read it back as the
-            # server would, in the stream's namespace.
+            # The publish fast path answers with serialized XML (one or more stanzas):
+            # read it back as the server would, in the stream's namespace.
             wrapped = ET.fromstring(f"<stream xmlns='jabber:component:accept'>{data}</stream>")
-            assert len(wrapped) == 1, f"not one stanza: {data!r}"
-            data = self.xmpp._build_stanza(wrapped[0])
+            assert len(wrapped) >= 1, f"no stanza: {data!r}"
+            self.sent.extend(self.xmpp._build_stanza(element) for element in wrapped)
+            return
         self.sent.append(data)
 
     def _wake(self) -> None:
