@@ -94,8 +94,11 @@ class Dispatcher:
         """Deliver rows that were leased to us when they were inserted."""
         if not rows:
             return
-        if not self._accepting:  # stopping since the caller asked: the lease expires
-            self.wake()
+        if not self._accepting:
+            # Stopping since the caller asked: hand the rows back to the queue.
+            task = asyncio.create_task(self._release([row.id for row in rows]))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
             return
         self._in_flight_ids.update(row.id for row in rows)
         self._taken.extend(rows)
