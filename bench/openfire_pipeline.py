@@ -34,6 +34,7 @@ from component.committer import GroupCommitter
 from component.config import Config, parse_config
 from component.ingest import Ingest, WatcherBatch
 from component.policy import Policy
+from component.service import tune_garbage_collector
 from component.store import create_schema, make_engine, make_sessionmaker
 from component.watcher import PollStats, Watcher
 from tests.support.openfire_db import OPENFIRE_TABLES, chat_stanza, of_date
@@ -514,6 +515,7 @@ class Pipeline:
     @classmethod
     async def build(cls, config: Config, on_enqueued: Any = None) -> Pipeline:
         assert config.openfire is not None
+        tune_garbage_collector()  # as service.py does at start
         engine = make_engine(config.storage.url)
         await create_schema(engine)
         sessionmaker = make_sessionmaker(engine)

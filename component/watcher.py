@@ -18,6 +18,7 @@ stored before ofnotify existed are not announced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -93,6 +94,7 @@ class Watcher:
         self._known: OrderedDict[openfire.Key, int] = OrderedDict()
         self._bad_keys: set[openfire.Key] = set()
         self._scan: RotatingScan | None = None  # needs the stored cursor
+        self._conn: AsyncConnection | None = None
         self._recheck_after = ""  # rotating position among accounts to re-check
         # Rows of unread messages to re-check in the next poll (→ account, source key).
         self._watched: dict[openfire.Key, tuple[str, str]] = {}
@@ -101,6 +103,12 @@ class Watcher:
         self.caught_up = asyncio.Event()  # set after the first successful poll
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self.close()
+
+    async def _run(self) -> None:
         failures = 0
         while True:
             started = time.monotonic()
@@ -152,9 +160,13 @@ class Watcher:
         stats = PollStats()
         watched = self._watched
         db_started = time.monotonic()
-        async with self._engine.connect() as conn:
+        try:
+            conn = await self._connection()
             fresh, rows = await self._read(conn, self._scan)
             present = await openfire.still_stored(conn, watched.keys()) if watched else set()
+        except Exception:
+            await self._drop_connection()  # maybe broken (Openfire's database restarted)
+            raise
         stats.db_seconds = time.monotonic() - db_started
 
         batch = WatcherBatch()
@@ -178,6 +190,28 @@ class Watcher:
             await self._ingest.watcher(WatcherBatch(delivered=delivered))
         self._watched = await self._unread_to_recheck()
         return stats
+
+    async def _connection(self) -> AsyncConnection:
+        """One connection kept across polls, in autocommit: a poll then costs only its
+        statements, with no pool checkout, BEGIN or ROLLBACK around them (all reads;
+        each statement sees what was committed when it started, as before)."""
+        if self._conn is None:
+            conn = await self._engine.connect()
+            self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    async def close(self) -> None:
+        """Give the kept connection back (the end of `run`; tests that call `poll`)."""
+        await self._drop_connection(broken=False)
+
+    async def _drop_connection(self, broken: bool = True) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            if broken:  # the pool must not hand it out again
+                await conn.invalidate()
+            await conn.close()
 
     async def _read(
         self, conn: AsyncConnection, scan: RotatingScan

@@ -194,10 +194,9 @@ async def watcher(
     await create_schema(store)
     ingest = RecordingIngest()
     config = OpenfireConfig(database_url=openfire_db.conninfo, domain=openfire_db.domain)
-    yield (
-        Watcher(config, openfire_engine, make_sessionmaker(store), ingest),  # type: ignore[arg-type]
-        ingest,
-    )
+    poller = Watcher(config, openfire_engine, make_sessionmaker(store), ingest)  # type: ignore[arg-type]
+    yield poller, ingest
+    await poller.close()
     await store.dispose()
 
 
