@@ -596,7 +596,7 @@ class WatcherBench:
                 o(f"    {label:<26} {p50 * 1000:7.1f} / {mx * 1000:7.1f}")
             p50, mx = quantiles(rest, (0.5, 1.0))
             o(
-                f"    {'rest (pool checkout, rollback, event-loop waits)':<26} "
+                f"    {'rest (row handling, event-loop waits)':<26} "
                 f"{p50 * 1000:7.1f} / {mx * 1000:7.1f}"
             )
         o(
