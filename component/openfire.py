@@ -13,7 +13,7 @@ What is read (see ../shared/FACTS.md for how Openfire writes it):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +109,10 @@ KeyRow = tuple[str, int, int]  # (username, messageID, creation ms)
 
 
 async def recent_rows(
-    conn: AsyncConnection, above_id: int, stanzas_above: int
+    conn: AsyncConnection, above_id: int, stanzas_above: int, known: Container[Key] = ()
 ) -> tuple[list[KeyRow], list[OfflineRow]]:
-    """Rows with `messageID > above_id`, in one round trip: keys of all of them, and
-    whole rows (with stanzas) for those above `stanzas_above`, the high-water mark.
+    """Rows with `messageID > above_id`, in one round trip: keys of those not `known`,
+    and whole rows (with stanzas) for those above `stanzas_above`, the high-water mark.
 
     The test reads the whole primary-key index (messageID is its second column;
     Openfire indexes it nowhere else) plus the heap of the matching rows, which sit
@@ -120,15 +120,17 @@ async def recent_rows(
     earlier poll: their stanzas are left out, the caller fetches the few it lacks.
     """
     c = of_offline.c
-    stanza = case((c.messageID > stanzas_above, c.stanza), else_=null())
-    stmt = select(c.username, c.messageID, c.creationDate, stanza).where(c.messageID > above_id)
+    new_stanza = case((c.messageID > stanzas_above, c.stanza), else_=null())
+    stmt = select(c.username, c.messageID, c.creationDate, new_stanza).where(c.messageID > above_id)
     keys: list[KeyRow] = []
     rows: list[OfflineRow] = []
-    for r in (await conn.execute(stmt)).all():
-        key = (r[0], int(r[1]), millis(r[2]))
+    for username, message_id, created, stanza in (await conn.execute(stmt)).all():
+        if stanza is None and (username, message_id) in known:
+            continue  # most of the window, every poll: skip the conversions
+        key = (username, int(message_id), millis(created))
         keys.append(key)
-        if r[3] is not None:
-            rows.append(OfflineRow(*key, r[3]))
+        if stanza is not None:
+            rows.append(OfflineRow(*key, stanza))
     return keys, rows
 
 

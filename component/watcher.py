@@ -217,9 +217,10 @@ class Watcher:
         self, conn: AsyncConnection, scan: RotatingScan
     ) -> tuple[dict[openfire.Key, int], list[openfire.OfflineRow]]:
         """Keys new to us (→ creation ms) seen this poll, and their whole rows."""
-        keys, rows = await openfire.recent_rows(conn, self._high_id - ID_WINDOW, self._high_id)
-        keys += await scan.read(conn, self._cursor_ms)
         known = self._known
+        low, high = self._high_id - ID_WINDOW, self._high_id
+        keys, rows = await openfire.recent_rows(conn, low, high, known)
+        keys += await scan.read(conn, self._cursor_ms)
         fresh = {(u, m): created for u, m, created in keys if (u, m) not in known}
         # New keys that came without a stanza: late commits inside the ID window, rows
         # the rotating scan found, the whole window after a restart. Usually none.
