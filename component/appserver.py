@@ -46,6 +46,11 @@ UNREGISTER_NODE = "unregister-push-fcm"
 MAX_TOKEN_CHARS = 4096
 MAX_ID_CHARS = 255
 COMPONENT_IQ = "{jabber:component:accept}iq"
+# A flood of publishes (~12 KB each while in flight) must not grow memory without
+# bound: past this many, stop reading the stream; the server waits (TCP backpressure)
+# and nothing is lost.
+MAX_PUBLISHES_IN_FLIGHT = 1000
+RESUME_INPUT_BELOW = 500
 
 STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
@@ -282,8 +287,15 @@ class AppServer:
             return False
         task = asyncio.create_task(self._fast_publish(xml))
         self._fast_tasks.add(task)  # the loop holds tasks weakly
-        task.add_done_callback(self._fast_tasks.discard)
+        task.add_done_callback(self._fast_done)
+        if len(self._fast_tasks) >= MAX_PUBLISHES_IN_FLIGHT:
+            self.xmpp.pause_input()
         return True
+
+    def _fast_done(self, task: asyncio.Task[None]) -> None:
+        self._fast_tasks.discard(task)
+        if len(self._fast_tasks) <= RESUME_INPUT_BELOW:
+            self.xmpp.resume_input()
 
     async def _fast_publish(self, xml: ET.Element) -> None:
         node_publish = await self._acceptable(xml)

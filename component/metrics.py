@@ -62,6 +62,11 @@ PUBLISHES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+INPUT_PAUSES = Counter(
+    "ofnotify_xmpp_input_pauses_total",
+    "Times reading from the XMPP server was paused because too many publishes were in flight",
+    registry=REGISTRY,
+)
 OUTBOX_DEPTH = Gauge(
     "ofnotify_outbox_depth", "Pending notifications in the outbox", registry=REGISTRY
 )

@@ -22,6 +22,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.jid import InvalidJID
 from slixmpp.stanza import StreamError
 
+from . import metrics
 from .config import XmppConfig
 from .errors import ComponentAuthError
 
@@ -51,6 +52,26 @@ class Component(ComponentXMPP):
         self.last_inbound = time.monotonic()
         self.add_filter("in", self._inbound)
         self._raw_handlers: list[RawHandler] = []
+        self.input_paused = False
+        self.add_event_handler("disconnected", self._forget_pause)
+
+    def pause_input(self) -> None:
+        """Stop reading from the server until `resume_input`: backpressure."""
+        if not self.input_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.input_paused = True
+            metrics.INPUT_PAUSES.inc()
+            log.debug("reading from the XMPP server paused: too much work in flight")
+
+    def resume_input(self) -> None:
+        if self.input_paused:
+            self.input_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+            log.debug("reading from the XMPP server resumed")
+
+    def _forget_pause(self, _event: object) -> None:
+        self.input_paused = False  # a new stream starts unpaused
 
     def add_raw_handler(self, handler: RawHandler) -> None:
         """For the stanza that arrives by the thousand (XEP-0357 publishes): building
@@ -212,6 +233,8 @@ class ComponentConnection:
             await asyncio.sleep(interval)
             if time.monotonic() - self.xmpp.last_inbound < interval:
                 continue  # traffic is flowing: no need to ask
+            if self.xmpp.input_paused:
+                continue  # we stopped reading, so no answer could arrive: busy, not dead
             sent = time.monotonic()
             try:
                 await self.xmpp.plugin["xep_0199"].send_ping(

@@ -3,12 +3,15 @@ everything it would refuse takes slixmpp's normal path, which words the refusal.
 
 from __future__ import annotations
 
+import asyncio
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from component import appserver
 from component.store import OutboxItem
 from tests.support.component_harness import (
     COMPONENT_JID,
@@ -86,3 +89,40 @@ async def test_same_domain_in_other_case_is_still_accepted(harness: ComponentHar
     [reply] = await harness.receive(publish_xml(reg.node, reg.secret, sender="EXAMPLE.test"))
     assert outcome(reply) == "result"
     assert len(normal) == 1  # declined by the fast path, accepted by JID comparison
+
+
+class RecordingTransport:
+    """Stands in for the stream's transport: records flow control only."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+async def test_a_flood_of_publishes_pauses_reading_until_it_drains(
+    harness: ComponentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(appserver, "MAX_PUBLISHES_IN_FLIGHT", 3)
+    monkeypatch.setattr(appserver, "RESUME_INPUT_BELOW", 1)
+    transport = RecordingTransport()
+    harness.xmpp.transport = transport  # type: ignore[assignment]
+    reg = await harness.register(ALICE)
+    first = len(harness.sent)
+    # Five publishes read in one go, as from one network read: none answered yet.
+    for n in range(5):
+        harness.xmpp._spawn_event(
+            ET.fromstring(publish_xml(reg.node, reg.secret, stanza_id=f"p{n}"))
+        )
+    assert transport.calls == ["pause"] and harness.xmpp.input_paused
+    for _ in range(200):
+        if len(harness.sent) - first == 5 and not harness.xmpp.input_paused:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(outcome(r) for r in harness.sent[first:]) == ["result"] * 5
+    assert transport.calls == ["pause", "resume"] and not harness.xmpp.input_paused
+    assert await harness.count(OutboxItem) == 5
