@@ -73,6 +73,12 @@ class Dispatcher:
         self._accepting = False  # rows handed over directly (take); not before catch-up
         self._starting: set[asyncio.Task[None]] = set()
         self._taken: list[OutboxItem] = []  # handed over, not yet started
+        self._channel_slots = {
+            name: asyncio.Semaphore(n.max_concurrent)
+            for name, n in notifiers.items()
+            if n.max_concurrent is not None
+        }
+        self._unstarted: list[int] = []  # held back when a stop began
         self._loop_done = asyncio.Event()
         self._stop_requested = asyncio.Event()
 
@@ -179,12 +185,15 @@ class Dispatcher:
         if self._starting:
             await asyncio.wait(set(self._starting), timeout=grace)
         if self._in_flight:
+            # Sends under way finish; the ones still waiting for the channel give up.
             _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
                 await self._release([int(t.get_name().split("-")[1]) for t in pending])
+        await self._release(self._unstarted)
+        self._unstarted = []
 
     def _free_slots(self) -> int:
         # Rows being composed or waiting for a slot count too (claimed or taken).
@@ -282,13 +291,24 @@ class Dispatcher:
         if isinstance(composed, Drop):
             await self._record(row, None, drop=composed)
             return
-        started = time.monotonic()
+        notifier = self._notifiers[row.channel]
+        slots = self._channel_slots.get(row.channel)
+        if slots is not None:
+            await slots.acquire()
         try:
-            result = await self._notifiers[row.channel].send(composed.notification)
-        except Exception as exc:  # notifiers must not raise; if one does, keep the row
-            log.exception("notifier %s raised for outbox %s", row.channel, row.id)
-            result = SendResult.retry(f"notifier error: {type(exc).__name__}")
-        latency_ms = (time.monotonic() - started) * 1000
+            if self._stopping:
+                self._unstarted.append(row.id)  # never sent: back to the queue at stop
+                return
+            started = time.monotonic()
+            try:
+                result = await notifier.send(composed.notification)
+            except Exception as exc:  # notifiers must not raise; if one does, keep the row
+                log.exception("notifier %s raised for outbox %s", row.channel, row.id)
+                result = SendResult.retry(f"notifier error: {type(exc).__name__}")
+            latency_ms = (time.monotonic() - started) * 1000
+        finally:
+            if slots is not None:
+                slots.release()
         await self._record(row, result, ready=composed, latency_ms=latency_ms)
 
     async def _record(

@@ -80,6 +80,9 @@ class Notification:
 
 class Notifier(abc.ABC):
     kind: ClassVar[str]
+    # Sends this notifier works on at once; the dispatcher holds the rest back, so a
+    # stop can return them to the queue unsent instead of draining a backlog.
+    max_concurrent: int | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -184,6 +184,7 @@ class FcmNotifier(Notifier):
         super().__init__(name)
         self._client = client
         self._timeout = timeout
+        self.max_concurrent = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"fcm-{name}")
 
     @classmethod
