@@ -49,7 +49,9 @@ class Slice:
 
 
 class _Slicer(Protocol):
-    async def read(self, conn: AsyncConnection, position: object, since_ms: int) -> Slice: ...
+    async def read(
+        self, conn: AsyncConnection, position: object, since_ms: int, upto_id: int | None
+    ) -> Slice: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class HeapBlocks:
         self._slices = slices
         self._max_blocks = max_blocks
 
-    async def read(self, conn: AsyncConnection, position: object, since_ms: int) -> Slice:
+    async def read(
+        self, conn: AsyncConnection, position: object, since_ms: int, upto_id: int | None
+    ) -> Slice:
         if not isinstance(position, _BlockPosition):  # a cycle begins: size it afresh
             total = await openfire.heap_blocks(conn)
             size = max(1, min(self._max_blocks, -(-total // self._slices)))
@@ -74,7 +78,7 @@ class HeapBlocks:
         end = position.first + position.size
         last = end >= position.total
         rows = await openfire.created_in_blocks(
-            conn, position.first, None if last else end, since_ms
+            conn, position.first, None if last else end, since_ms, upto_id
         )
         following = None if last else _BlockPosition(end, position.size, position.total)
         return Slice(rows, following, last)
@@ -86,10 +90,12 @@ class UsernameRanges:
     def __init__(self, rows: int = ROWS_PER_SLICE) -> None:
         self._rows = rows
 
-    async def read(self, conn: AsyncConnection, position: object, since_ms: int) -> Slice:
+    async def read(
+        self, conn: AsyncConnection, position: object, since_ms: int, upto_id: int | None
+    ) -> Slice:
         after = position if isinstance(position, str) else ""
         upto = await openfire.username_after(conn, after, self._rows)
-        rows = await openfire.created_in_users(conn, after, upto, since_ms)
+        rows = await openfire.created_in_users(conn, after, upto, since_ms, upto_id)
         return Slice(rows, upto, upto is None)
 
 
@@ -117,14 +123,21 @@ class RotatingScan:
         """Rows created before this are no longer looked for by the scan."""
         return self._floor_ms
 
-    async def read(self, conn: AsyncConnection, cursor_ms: int) -> list[openfire.KeyRow]:
-        """The next slice's rows created at or after the floor; `advance` moves on."""
+    async def read(
+        self, conn: AsyncConnection, cursor_ms: int, upto_id: int | None = None
+    ) -> list[openfire.KeyRow]:
+        """The next slice's rows created at or after the floor; `advance` moves on.
+
+        `upto_id`: the caller reads every row above it each poll anyway (the ID window),
+        so the slice leaves those out: otherwise the slice that reaches the end of the
+        table returns every message stored during the cycle, all known already. A row
+        left out now is found by a later slice once the window has moved past it."""
         if self._slicer is None:
             self._slicer = slicer_for(conn)
         floor, cycle_cursor = self._floor_ms, self._cycle_cursor
         if self._position is None:  # a cycle begins: look back to the previous one's start
             floor, cycle_cursor = self._cycle_cursor - self._overlap_ms, cursor_ms
-        found = await self._slicer.read(conn, self._position, floor)
+        found = await self._slicer.read(conn, self._position, floor, upto_id)
         self._pending = (found, floor, cycle_cursor)
         return found.rows
 

@@ -144,16 +144,18 @@ async def heap_blocks(conn: AsyncConnection) -> int:
 
 
 async def created_in_blocks(
-    conn: AsyncConnection, first: int, end: int | None, since_ms: int
+    conn: AsyncConnection, first: int, end: int | None, since_ms: int, upto_id: int | None = None
 ) -> list[KeyRow]:
     """PostgreSQL ≥ 14: keys of rows in heap blocks [first, end) created at or after
-    `since_ms`. A TID range scan reads only those blocks; `end=None` reads to the end."""
+    `since_ms` (and with `messageID <= upto_id`). A TID range scan reads only those
+    blocks; `end=None` reads to the end."""
     c = of_offline.c
     tid = "ctid >= CAST(:first AS tid)" + ("" if end is None else " AND ctid < CAST(:end AS tid)")
     bounds = {"first": f"({first},0)"} | ({} if end is None else {"end": f"({end},0)"})
-    stmt = select(c.username, c.messageID, c.creationDate).where(
-        text(tid).bindparams(**bounds), c.creationDate >= as_openfire_date(since_ms)
-    )
+    where = [text(tid).bindparams(**bounds), c.creationDate >= as_openfire_date(since_ms)]
+    if upto_id is not None:
+        where.append(c.messageID <= upto_id)
+    stmt = select(c.username, c.messageID, c.creationDate).where(*where)
     return _key_rows(await conn.execute(stmt))
 
 
@@ -171,14 +173,20 @@ async def username_after(conn: AsyncConnection, after: str, rows: int) -> str | 
 
 
 async def created_in_users(
-    conn: AsyncConnection, after: str, upto: str | None, since_ms: int
+    conn: AsyncConnection,
+    after: str,
+    upto: str | None,
+    since_ms: int,
+    upto_id: int | None = None,
 ) -> list[KeyRow]:
     """Keys of rows with `after < username <= upto` (a primary-key range) created at or
-    after `since_ms`; `upto=None` reads to the end."""
+    after `since_ms` (and with `messageID <= upto_id`); `upto=None` reads to the end."""
     c = of_offline.c
     where = [c.username > after, c.creationDate >= as_openfire_date(since_ms)]
     if upto is not None:
         where.append(c.username <= upto)
+    if upto_id is not None:
+        where.append(c.messageID <= upto_id)
     stmt = select(c.username, c.messageID, c.creationDate).where(*where)
     return _key_rows(await conn.execute(stmt))
 

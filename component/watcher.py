@@ -220,7 +220,7 @@ class Watcher:
         known = self._known
         low, high = self._high_id - ID_WINDOW, self._high_id
         keys, rows = await openfire.recent_rows(conn, low, high, known)
-        keys += await scan.read(conn, self._cursor_ms)
+        keys += await scan.read(conn, self._cursor_ms, upto_id=low)
         fresh = {(u, m): created for u, m, created in keys if (u, m) not in known}
         # New keys that came without a stanza: late commits inside the ID window, rows
         # the rotating scan found, the whole window after a restart. Usually none.

@@ -67,9 +67,9 @@ class Recorder:
             monkeypatch.setattr(openfire, name, self._wrap(original))
 
     def _wrap(self, original: Any) -> Any:
-        async def recorded(conn: Any, low: Any, high: Any, since_ms: int) -> Any:
+        async def recorded(conn: Any, low: Any, high: Any, since_ms: int, *rest: Any) -> Any:
             self.bounds.append((low, high))
-            return await original(conn, low, high, since_ms)
+            return await original(conn, low, high, since_ms, *rest)
 
         return recorded
 
@@ -126,6 +126,30 @@ async def test_rotating_scan_finds_lagging_block_rows_within_a_cycle(
     found = await one_cycle(openfire_engine, scan, now)
     assert found == {(u, m) for u, m, _ in lagging}
     assert_slices_cover_the_table(recorder.bounds)
+
+
+@pytest.mark.parametrize(
+    "slicer", [HeapBlocks(slices=8), UsernameRanges(rows=150)], ids=["heap", "usernames"]
+)
+async def test_rows_the_id_window_reads_are_left_out_of_the_scan(
+    openfire_db: OpenfireDb, openfire_engine: AsyncEngine, slicer: Any
+) -> None:
+    """What the window reads every poll (IDs above `upto_id`) is not read again by the
+    slice that reaches the end of the table; rows far below it still are."""
+    now = int(time.time() * 1000)
+    fill_old_rows(openfire_db, now)
+    scan = RotatingScan(now, OVERLAP_MS, slicer)
+    await one_cycle(openfire_engine, scan, now)
+    recent = [(OLD_USERS[i], 50_000 + i, now) for i in range(40)]  # the window's
+    lagging = [("a", 1, now), ("u050", 3, now)]
+    insert(openfire_db, [*recent, *lagging])
+    found: set[Any] = set()
+    cycles = scan.cycles
+    while scan.cycles == cycles:
+        async with openfire_engine.connect() as conn:
+            found |= {(u, m) for u, m, _ in await scan.read(conn, now, upto_id=49_999)}
+        scan.advance()
+    assert found == {(u, m) for u, m, _ in lagging}
 
 
 async def test_a_slice_is_read_again_until_its_poll_commits(
