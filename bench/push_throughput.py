@@ -1385,7 +1385,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--concurrency",
         type=int,
         default=None,
-        help="override channels.phone.concurrency (ofnotify default 16)",
+        help="override channels.phone.concurrency (ofnotify default 64)",
     )
     parser.add_argument(
         "--keepalive",

@@ -91,7 +91,7 @@ class FcmChannelConfig(Strict):
         None, description="Base URL replacing https://fcm.googleapis.com (emulator, proxy)"
     )
     timeout: Duration = 10.0
-    concurrency: int = Field(16, ge=1, le=256)
+    concurrency: int = Field(64, ge=1, le=256)
 
     @field_validator("endpoint")
     @classmethod
