@@ -174,6 +174,34 @@ def requeue(
     click.echo(f"requeued {count} notification(s)")
 
 
+@main.command("send-test")
+@config_option
+@click.argument("account")
+@click.option("--channel", help="Only this push channel (default: all of them).")
+def send_test(config_path: str | None, account: str, channel: str | None) -> None:
+    """Push a test notification to every device ACCOUNT registered, now.
+
+    Exits 0 when FCM accepted every one; each attempt is in `ofnotify deliveries`.
+    """
+    from .sendtest import NothingToTest
+    from .sendtest import send_test as run_send_test
+
+    _, config = _load(config_path)
+    if channel is not None and channel not in config.channels:
+        raise click.BadParameter(
+            f"no channel {channel!r} in the configuration", param_hint="--channel"
+        )
+    try:
+        results = asyncio.run(run_send_test(config, account, channel))
+    except NothingToTest as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    for r in results:
+        reason = f" ({r.reason})" if r.reason else ""
+        click.echo(f"{r.target}: {r.status}{reason} in {r.latency_ms:.0f} ms")
+    sys.exit(0 if all(r.status == "delivered" for r in results) else 1)
+
+
 @main.group()
 def db() -> None:
     """ofnotify's own database."""

@@ -75,6 +75,7 @@ class Notification:
     messages: tuple[MissedMessage, ...] = ()
     recipient_name: str | None = None
     locale: str | None = None
+    # More fields for the app (push data messages), e.g. `test` from send-test.
     extra: dict[str, Any] = field(default_factory=dict)
 
 

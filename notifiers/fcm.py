@@ -215,6 +215,8 @@ class FcmNotifier(Notifier):
             data["sender"] = notification.sender
         if notification.body is not None:
             data["body"] = notification.body
+        for key, value in notification.extra.items():  # e.g. send-test's marker
+            data.setdefault(key, str(value))
         return data
 
     def _send_blocking(self, notification: Notification) -> SendResult:
