@@ -46,13 +46,12 @@ UNREGISTER_NODE = "unregister-push-fcm"
 MAX_TOKEN_CHARS = 4096
 MAX_ID_CHARS = 255
 COMPONENT_IQ = "{jabber:component:accept}iq"
+STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 # A flood of publishes (~12 KB each while in flight) must not grow memory without
 # bound: past this many, stop reading the stream; the server waits (TCP backpressure)
 # and nothing is lost.
 MAX_PUBLISHES_IN_FLIGHT = 1000
 RESUME_INPUT_BELOW = 500
-
-STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 class AppServer:
