@@ -63,6 +63,7 @@ from xml.sax.saxutils import escape, quoteattr
 import yaml
 
 from bench.component_peer import ComponentPeer, IqReply
+from bench.openfire_pipeline import code_version
 from bench.stats import percentile
 from tests.support.fake_fcm import FakeFcm, FcmRequest
 from tests.support.ofnotify_service import write_config
@@ -199,31 +200,6 @@ def self_cpu_seconds() -> float:
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def code_version() -> str:
-    """The commit measured, and whether ofnotify's own files differ from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "component", "notifiers"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git)"
-    changed = len(dirty.splitlines())
-    return f"{head}" + (
-        f" + {changed} uncommitted file(s) in component/, notifiers/" if changed else ""
-    )
 
 
 def distribution(values_ms: Sequence[float]) -> str:
@@ -1044,7 +1020,7 @@ class PushBench:
                 f"{args.senders} sender(s) → {args.recipients} recipient(s)"
             )
         out.add(
-            f"ofnotify code: {code_version()}; per-account push rate limit "
+            f"ofnotify code: {code_version(REPO)}; per-account push rate limit "
             + (
                 "ofnotify's default (--keep-rate-limit)"
                 if args.keep_rate_limit
