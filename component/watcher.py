@@ -94,7 +94,7 @@ class Watcher:
         self._known: OrderedDict[openfire.Key, int] = OrderedDict()
         self._bad_keys: set[openfire.Key] = set()
         self._scan: RotatingScan | None = None  # needs the stored cursor
-        self._conn: AsyncConnection | None = None
+        self._conns: list[AsyncConnection] = []
         self._recheck_after = ""  # rotating position among accounts to re-check
         # Rows of unread messages to re-check in the next poll (→ account, source key).
         self._watched: dict[openfire.Key, tuple[str, str]] = {}
@@ -161,9 +161,11 @@ class Watcher:
         watched = self._watched
         db_started = time.monotonic()
         try:
-            conn = await self._connection()
-            fresh, rows = await self._read(conn, self._scan)
-            present = await openfire.still_stored(conn, watched.keys()) if watched else set()
+            conns = await self._connections()
+            (fresh, rows), present = await asyncio.gather(
+                self._read(conns[0], conns[1], self._scan),
+                openfire.still_stored(conns[2], watched.keys()) if watched else _nothing(),
+            )
         except Exception:
             await self._drop_connection()  # maybe broken (Openfire's database restarted)
             raise
@@ -191,36 +193,40 @@ class Watcher:
         self._watched = await self._unread_to_recheck()
         return stats
 
-    async def _connection(self) -> AsyncConnection:
-        """One connection kept across polls, in autocommit: a poll then costs only its
+    async def _connections(self) -> list[AsyncConnection]:
+        """Connections kept across polls, in autocommit: a poll then costs only its
         statements, with no pool checkout, BEGIN or ROLLBACK around them (all reads;
-        each statement sees what was committed when it started, as before)."""
-        if self._conn is None:
+        each statement sees what was committed when it started, as before). Three, so
+        the window query, the scan slice and the re-check run at the same time: a poll's
+        database time is the longest of them, not their sum."""
+        while len(self._conns) < 3:
             conn = await self._engine.connect()
-            self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return self._conn
+            self._conns.append(await conn.execution_options(isolation_level="AUTOCOMMIT"))
+        return self._conns
 
     async def close(self) -> None:
-        """Give the kept connection back (the end of `run`; tests that call `poll`)."""
+        """Give the kept connections back (the end of `run`; tests that call `poll`)."""
         await self._drop_connection(broken=False)
 
     async def _drop_connection(self, broken: bool = True) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            if broken:  # the pool must not hand it out again
-                await conn.invalidate()
-            await conn.close()
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                if broken:  # the pool must not hand it out again
+                    await conn.invalidate()
+                await conn.close()
 
     async def _read(
-        self, conn: AsyncConnection, scan: RotatingScan
+        self, conn: AsyncConnection, scan_conn: AsyncConnection, scan: RotatingScan
     ) -> tuple[dict[openfire.Key, int], list[openfire.OfflineRow]]:
         """Keys new to us (→ creation ms) seen this poll, and their whole rows."""
         known = self._known
         low, high = self._high_id - ID_WINDOW, self._high_id
-        keys, rows = await openfire.recent_rows(conn, low, high, known)
-        keys += await scan.read(conn, self._cursor_ms, upto_id=low)
+        (keys, rows), scanned = await asyncio.gather(
+            openfire.recent_rows(conn, low, high, known),
+            scan.read(scan_conn, self._cursor_ms, upto_id=low),
+        )
+        keys += scanned
         fresh = {(u, m): created for u, m, created in keys if (u, m) not in known}
         # New keys that came without a stanza: late commits inside the ID window, rows
         # the rotating scan found, the whole window after a restart. Usually none.
@@ -310,6 +316,10 @@ class Watcher:
             if len(self._known) <= MAX_KNOWN_KEYS and rereadable:
                 break
             self._known.popitem(last=False)
+
+
+async def _nothing() -> set[openfire.Key]:
+    return set()
 
 
 def _describe(exc: BaseException) -> str:
