@@ -576,7 +576,10 @@ class WatcherBench:
             )
             wall = [p.finished - p.started for p in load_polls]
             o(f"  whole poll    {fmt_ms(wall)}   (wall, including Ingest's SQLite commit)")
-            o("  where a poll's DB time goes under load (sum per poll: p50 / max ms):")
+            o(
+                "  where a poll's DB time goes under load (sum per poll: p50 / max ms; the "
+                "statements overlap, so they may add up to more than the poll's DB time):"
+            )
             parts: dict[str, list[float]] = {}
             rest: list[float] = []
             for poll in load_polls:
@@ -596,8 +599,8 @@ class WatcherBench:
                 o(f"    {label:<26} {p50 * 1000:7.1f} / {mx * 1000:7.1f}")
             p50, mx = quantiles(rest, (0.5, 1.0))
             o(
-                f"    {'rest (row handling, event-loop waits)':<26} "
-                f"{p50 * 1000:7.1f} / {mx * 1000:7.1f}"
+                f"    {'DB time minus the sum above':<26} "
+                f"{p50 * 1000:7.1f} / {mx * 1000:7.1f}   (row handling, loop waits, overlap)"
             )
         o(
             "per statement on the Openfire database (SQLAlchemy cursor events; wall time as "
