@@ -50,8 +50,8 @@ STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 # A flood of publishes (~12 KB each while in flight) must not grow memory without
 # bound: past this many, stop reading the stream; the server waits (TCP backpressure)
 # and nothing is lost.
-MAX_PUBLISHES_IN_FLIGHT = 1000
-RESUME_INPUT_BELOW = 500
+MAX_PUBLISHES_IN_FLIGHT = 500
+RESUME_INPUT_BELOW = 250
 
 
 class AppServer:

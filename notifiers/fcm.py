@@ -3,7 +3,7 @@
 pyfcm is synchronous and, left alone, retries 503s for minutes, sleeps on every
 Retry-After and loops forever on 429. Retries belong to the dispatcher (durable,
 bounded), so here every request is sent exactly once: `send_request` is overridden
-to post once, through a lean urllib3 session without retries (fcm_http.py says why
+to post once, through a lean libcurl session without retries (fcm_http.py says why
 not requests). The HTTP call runs in a dedicated thread pool so the event loop never
 blocks.
 """
@@ -55,7 +55,7 @@ EXCEPTION_OUTCOMES: dict[type[Exception], Outcome] = {
 # Transport problems: the request may or may not have reached FCM; a duplicate push
 # is better than none (data messages with a collapse key replace each other).
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
-    TransportError,  # urllib3: refused, reset, timed out, TLS, proxy
+    TransportError,  # libcurl: refused, reset, timed out, TLS, proxy
     requests.ConnectionError,  # google-auth's token request goes through requests
     requests.Timeout,
 )
