@@ -13,6 +13,7 @@ the endpoint (honouring NO_PROXY) is resolved once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from io import BytesIO
@@ -86,7 +87,10 @@ class LeanSession:
         with self._lock:
             handles, self._handles = self._handles, []
         for curl in handles:
-            curl.close()
+            # A send still running past the stop grace keeps its handle; the garbage
+            # collector closes it once that thread is done with it.
+            with contextlib.suppress(pycurl.error):
+                curl.close()
 
     def _handle(self) -> pycurl.Curl:
         curl: pycurl.Curl | None = getattr(self._local, "curl", None)
