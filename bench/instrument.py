@@ -8,7 +8,6 @@ behaviour (they only count and time):
 - transactions committed, pool checkouts, DBAPI connections opened;
 - aiosqlite thread hand-offs (each one is a call into the connection's worker thread
   and a `call_soon_threadsafe` back to the event loop);
-- urllib3 TCP connections opened;
 - CPU time per thread, grouped by thread name;
 - wall time per call of the pipeline's stages (publish handling, committer, claim,
   compose, FCM send, outcome recording, pool checkout) and committer batch sizes.
@@ -118,7 +117,6 @@ def shape(sql: str) -> str:
 
 def install() -> None:
     import aiosqlite.core
-    import urllib3.connectionpool
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
@@ -157,14 +155,6 @@ def install() -> None:
         return await original_execute(self, fn, *args, **kwargs)
 
     aiosqlite.core.Connection._execute = _execute  # type: ignore[method-assign]
-
-    original_new_conn = urllib3.connectionpool.HTTPConnectionPool._new_conn
-
-    def _new_conn(self: Any) -> Any:
-        events["HTTP connections opened"] += 1
-        return original_new_conn(self)
-
-    urllib3.connectionpool.HTTPConnectionPool._new_conn = _new_conn  # type: ignore[method-assign]
 
     for module_name, class_name, method, label in TIMED:
         _time(module_name, class_name, method, label)
@@ -273,7 +263,7 @@ def _watch_threads() -> None:
 
 def _thread_group(name: str) -> str:
     if name.startswith("fcm-"):
-        return "FCM executor threads (pyfcm/requests)"
+        return "FCM worker threads (pyfcm, libcurl)"
     if name == "MainThread":
         return "main thread (event loop, SQLAlchemy, slixmpp)"
     if name.startswith("bench-"):

@@ -128,7 +128,7 @@ def thread_kind(name: str) -> str:
 
 KIND_LABELS = {
     "main": "main thread (event loop: slixmpp, SQLAlchemy ORM, asyncio)",
-    "fcm": "FCM executor threads (pyfcm, requests, urllib3)",
+    "fcm": "FCM worker threads (pyfcm, libcurl)",
     "aiosqlite": "aiosqlite connection threads (sqlite3)",
     "other": "other threads",
 }

@@ -1395,7 +1395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--instrument",
         action="store_true",
         help="run ofnotify through bench/instrument.py and print SQL "
-        "statements, thread hand-offs, HTTP connections and CPU by thread "
+        "statements, thread hand-offs and CPU by thread "
         "per notification",
     )
     parser.add_argument(
