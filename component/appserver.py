@@ -70,7 +70,6 @@ class AppServer:
         self._ingest = ingest
         # Publishes by how they were answered: "accepted" or the error condition.
         self.publish_outcomes: Counter[str] = Counter()
-        self._accepted = metrics.PUBLISHES.labels("accepted")
         self._channel = config.registration_channel()
         # Publish dedup keys: unique per process run (random) and within it (counter);
         # cheaper than a uuid4 per publish.
@@ -218,11 +217,14 @@ class AppServer:
         try:
             await self._publish(iq)
         except XMPPError as exc:
-            self.publish_outcomes[exc.condition] += 1
-            metrics.PUBLISHES.labels(exc.condition).inc()
+            self._answered(exc.condition)
             raise
-        self.publish_outcomes["accepted"] += 1
-        metrics.PUBLISHES.labels("accepted").inc()
+        self._answered("accepted")
+
+    def _answered(self, outcome: str) -> None:
+        """Count a publish by its answer: "accepted" or the error condition."""
+        self.publish_outcomes[outcome] += 1
+        metrics.PUBLISHES.labels(outcome).inc()
 
     async def _publish(self, iq: Iq) -> None:
         try:
@@ -307,12 +309,10 @@ class AppServer:
             self._raw_reply(
                 xml, f"<error type='wait'><internal-server-error xmlns='{STANZA_ERRORS}'/></error>"
             )
-            self.publish_outcomes["internal-server-error"] += 1
-            metrics.PUBLISHES.labels("internal-server-error").inc()
+            self._answered("internal-server-error")
             return
         self._raw_reply(xml)
-        self.publish_outcomes["accepted"] += 1
-        self._accepted.inc()
+        self._answered("accepted")
 
     async def _acceptable(self, xml: ET.Element) -> tuple[NodeInfo, Publish] | None:
         """The node and publish when every check of `_publish` passes at first sight."""

@@ -49,23 +49,7 @@ async def enqueue_decisions(
     """Batched form for the group committer: (rows, skips) per caller, ids back each."""
     all_rows = [row for rows, _ in decisions for row in rows]
     ids = iter(await enqueue_ids_in_order(session, all_rows))
-    skips = [skip for _, found in decisions for skip in found]
-    if skips:
-        await session.execute(
-            insert(DeliveryLogEntry.__table__),
-            [
-                {
-                    "at": utcnow(),
-                    "account": s.account,
-                    "channel": s.channel,
-                    "status": "skipped",
-                    "error": s.reason,
-                    "target": "-",
-                    "attempt": 0,
-                }
-                for s in skips
-            ],
-        )
+    await log_skips(session, [skip for _, found in decisions for skip in found])
     return [[i for i in (next(ids) for _ in rows) if i is not None] for rows, _ in decisions]
 
 
