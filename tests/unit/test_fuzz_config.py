@@ -8,10 +8,7 @@ the service cannot use.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import math
-import tracemalloc
-from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -21,6 +18,7 @@ from hypothesis import strategies as st
 
 from component.config import Config, parse_config
 from component.errors import ConfigError
+from tests.support.fuzzing import peak_bytes
 
 MB = 1024 * 1024
 MAX_SECONDS = dt.timedelta.max.total_seconds()
@@ -226,16 +224,6 @@ def laughs(levels: int) -> str:
     for i in range(1, levels):
         lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
     return "\n".join(lines) + "\n"
-
-
-def peak_bytes(work: Callable[[], Any]) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        work()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_alias_expansion_is_bounded() -> None:

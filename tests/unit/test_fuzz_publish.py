@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from tests.support.component_harness import (
     outcome,
     publish_xml,
 )
+from tests.support.fuzzing import peak_bytes, xml_text
 
 MB = 1024 * 1024
 ALICE = "alice@example.test"
@@ -53,21 +54,8 @@ ERROR_TYPES = {
     "not-authorized": "auth",
 }
 
-HUMAN_SAMPLES = [
-    "📱",
-    "👩\u200d👩\u200d👧",
-    "مرحبا",
-    "שלום",
-    "\u202eevil\u202c",
-    "\u200f",
-    "\ufeff",
-]
-_CHARS = st.characters(
-    min_codepoint=0x20, exclude_categories=("Cs",), exclude_characters="\ufffe\uffff"
-)
-_PLAIN = st.text(_CHARS | st.sampled_from("\t\n"), max_size=30)
 # Text XML can carry, with emoji and right-to-left runs mixed in.
-TEXT = _PLAIN | st.tuples(_PLAIN, st.sampled_from(HUMAN_SAMPLES), _PLAIN).map("".join)
+TEXT = xml_text(30)
 
 # -- the parser alone --------------------------------------------------------------------
 
@@ -220,16 +208,6 @@ def test_an_overlong_node_cannot_exist() -> None:
         parse_publish(ET.fromstring(publish_xml("n" * (MAX_NODE_CHARS + 1), "s")))
     assert info.value.condition == "item-not-found"
     assert parse_publish(ET.fromstring(publish_xml("n" * MAX_NODE_CHARS, "s"))).node
-
-
-def peak_bytes(work: Callable[[], Any]) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        work()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.parametrize(

@@ -35,26 +35,14 @@ from tests.support.component_harness import (
     outcome,
     publish_xml,
 )
+from tests.support.fuzzing import xml_text
 
 MB = 1024 * 1024
 ALICE = "alice@example.test/phone"
 MALLORY = "mallory@example.test/laptop"
 FIELDS = {"token": "fcm-token-alice", "device-id": "device-1"}
 
-HUMAN_SAMPLES = [
-    "📱",
-    "👩\u200d👩\u200d👧",
-    "مرحبا",
-    "שלום",
-    "\u202eevil\u202c",
-    "\u200f",
-    "\ufeff",
-]
-_CHARS = st.characters(
-    min_codepoint=0x20, exclude_categories=("Cs",), exclude_characters="\ufffe\uffff"
-)
-_PLAIN = st.text(_CHARS | st.sampled_from("\t\n "), max_size=20)
-TEXT = _PLAIN | st.tuples(_PLAIN, st.sampled_from(HUMAN_SAMPLES), _PLAIN).map("".join)
+TEXT = xml_text(20, whitespace="\t\n ")
 
 
 @pytest.fixture
