@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import logging
 import shutil
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from .openfire_pipeline import (
     cpu_lines,
     fmt_ms,
     make_config,
+    run_bench,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -368,24 +368,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    bench = DigestBench(args)
-
-    async def go() -> None:
-        try:
-            await bench.run()
-        finally:
-            await bench.close()
-
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        bench.cleanup()
-    print("\n".join(bench.lines), flush=True)
-    return 0
+    return run_bench(DigestBench(args), args.log_level)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ cursor events on the Openfire engine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
 import resource
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import yaml
@@ -599,3 +602,36 @@ def plan_summary(lines: Sequence[str]) -> str:
     buffers = next((ln.strip() for ln in lines if ln.strip().startswith("Buffers:")), "")
     execution = next((ln.strip() for ln in lines if ln.startswith("Execution Time")), "")
     return " / ".join(nodes) + (f"; {buffers}" if buffers else "") + f"; {execution}"
+
+
+class Bench(Protocol):
+    """What `run_bench` drives: the watcher and digest benchmarks."""
+
+    lines: list[str]
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+def run_bench(bench: Bench, log_level: str) -> int:
+    """Run, close, clean up (also on Ctrl-C), then print the report; the exit code."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+
+    async def go() -> None:
+        try:
+            await bench.run()
+        finally:
+            await bench.close()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        bench.cleanup()
+    print("\n".join(bench.lines), flush=True)
+    return 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import shutil
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from .openfire_pipeline import (
     fmt_ms,
     make_config,
     plan_summary,
+    run_bench,
 )
 from .stats import quantiles
 
@@ -787,24 +787,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    bench = WatcherBench(args)
-
-    async def go() -> None:
-        try:
-            await bench.run()
-        finally:
-            await bench.close()
-
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        bench.cleanup()
-    print("\n".join(bench.lines), flush=True)
-    return 0
+    return run_bench(WatcherBench(args), args.log_level)
 
 
 if __name__ == "__main__":
